@@ -1,0 +1,1 @@
+"""taskrank: app."""

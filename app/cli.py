@@ -1,0 +1,179 @@
+"""`taskrank` command line: inspect a dataset, embed it. Errors are one readable line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from app.settings import Settings, get_settings
+
+
+def _column_map(text: str | None) -> dict[str, str] | None:
+    """`text=review,label=stars` -> {"text": "review", "label": "stars"}."""
+    if not text:
+        return None
+    mapping = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SystemExit(f"error: --columns expects field=column pairs, got {part!r}")
+        mapping[key.strip()] = value.strip()
+    return mapping
+
+
+def _load(args: argparse.Namespace, settings: Settings):  # -> embeddings.data.Dataset
+    from embeddings.data import LoadLimits, load_dataset
+
+    limits = LoadLimits(max_rows=settings.max_rows, max_text_chars=settings.max_text_chars)
+    return load_dataset(args.path, task_type=args.task_type, split=args.split,
+                        column_map=_column_map(args.columns), limits=limits)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """The CLI face of `on_progress(done, total)`."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="ex", dynamic_ncols=True, file=sys.stderr, disable=None)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    dataset = _load(args, settings)
+    description = dataset.describe()
+    if args.json:
+        print(json.dumps(description, indent=2))
+        return 0
+    print(f"{description['name']}: {description['task_type']}, {description['rows']} rows"
+          + (", text pairs" if description.get("pair") else ""))
+    labels = description.get("labels") or {}
+    if labels:
+        shown = ", ".join(f"{k} ({v})" for k, v in list(labels.items())[:20])
+        more = f", ... {len(labels) - 20} more" if len(labels) > 20 else ""
+        print(f"labels: {len(labels)}: {shown}{more}")
+    for key in ("length_words", "length_chars"):
+        if key in description:
+            stats = description[key]
+            print(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    if "unanswerable" in description:
+        print(f"unanswerable: {description['unanswerable']}")
+    print(f"content hash: {description['content_hash']}")
+    return 0
+
+
+def _embed_options(args: argparse.Namespace, settings: Settings):  # -> EmbedOptions
+    from embeddings.options import EmbedOptions, TaskEmbOptions
+
+    common: dict[str, Any] = {"max_tokens_per_batch": settings.max_tokens_per_batch}
+    if args.max_length:
+        common["max_length"] = args.max_length
+    if args.method != "taskemb":
+        return EmbedOptions(**common)
+    common.pop("max_tokens_per_batch")  # TaskEmb keeps its smaller backward budget unless told
+    return TaskEmbOptions(**common, seed=args.seed, label_source=args.labels, train_scope=args.train,
+                          train_steps=args.train_steps, fisher=args.fisher,
+                          include_parameters=args.include_parameters)
+
+
+def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+
+    from embeddings.api import embed
+    from embeddings.encoders import load_encoder, set_threads
+
+    set_threads(settings.torch_threads)
+    dataset = _load(args, settings)
+    if args.max_examples and len(dataset) > args.max_examples:
+        dataset = dataset.subsample(args.max_examples, seed=args.seed)
+    options = _embed_options(args, settings)
+    encoder = load_encoder(args.model or settings.model, settings.device)
+    with progress_bar(f"{args.method} {dataset.name}") as on_progress:
+        result = embed(dataset, args.method, encoder, options, on_progress)
+    summary = {
+        "dataset": dataset.name, "task_type": result.task_type, "method": result.method,
+        "model": result.model_name, "model_hash": result.model_hash, "dataset_hash": result.dataset_hash,
+        "examples": result.num_examples, "tokens": result.num_tokens, "seconds": round(result.seconds, 2),
+        "components": {name: {"dim": int(v.shape[0]), "norm": float(np.linalg.norm(v))}
+                       for name, v in result.vectors.items()},
+    }
+    if args.out:
+        summary["saved"] = str(result.save(args.out))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{result.method} of {dataset.name} ({result.task_type}, {result.num_examples} examples, "
+              f"{result.num_tokens} tokens) with {result.model_name} in {result.seconds:.1f} s")
+        for name, info in summary["components"].items():
+            print(f"  {name:<28} dim {info['dim']:>6}  norm {info['norm']:.4g}")
+        if args.out:
+            print(f"saved {summary['saved']} (+ .json metadata)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskrank", description="Which source task to train on before yours.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def dataset_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("path", help="task folder, .jsonl, .json (SQuAD), .csv/.tsv, or CoNLL file")
+        p.add_argument("--task-type", choices=["classification", "regression", "question_answering",
+                                               "sequence_labeling"], help="default: inferred")
+        p.add_argument("--split", default="train", help="split of a task folder (default train)")
+        p.add_argument("--columns", help="column mapping, e.g. text=review,label=stars")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("inspect", help="validate and describe a dataset")
+    dataset_args(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("embed", help="compute a task embedding (TextEmb, SEmb or TaskEmb)")
+    dataset_args(p)
+    p.add_argument("--method", choices=["textemb", "semb", "taskemb"], default="textemb")
+    p.add_argument("--model", help="HF name or local path (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--max-examples", type=int, help="embed a seeded random subset of this many rows")
+    p.add_argument("--max-length", type=int, help="truncation length for text and tagging (default 256)")
+    p.add_argument("--out", help="save vectors (.npz) and metadata (.json) here")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--labels", choices=["data", "sample"], default="data", help="TaskEmb: gold or sampled labels")
+    p.add_argument("--train", choices=["head", "full"], default="head", help="TaskEmb: what is trained first")
+    p.add_argument("--train-steps", type=int, default=100, help="TaskEmb: steps before the Fisher")
+    p.add_argument("--fisher", choices=["per_example", "batch"], default="per_example")
+    p.add_argument("--include-parameters", action="store_true", help="TaskEmb: also parameter Fisher")
+    p.set_defaults(func=cmd_embed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from embeddings.data import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, get_settings()) or 0)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

