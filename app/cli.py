@@ -7,7 +7,6 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from app.settings import Settings, get_settings
@@ -76,15 +75,14 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _embed_options(args: argparse.Namespace, settings: Settings):  # -> EmbedOptions
+def _embed_options(args: argparse.Namespace, token_budget: int):  # -> EmbedOptions
     from embeddings.options import EmbedOptions, TaskEmbOptions
 
-    common: dict[str, Any] = {"max_tokens_per_batch": settings.max_tokens_per_batch}
+    common: dict[str, Any] = {"max_tokens_per_batch": token_budget}
     if args.max_length:
         common["max_length"] = args.max_length
     if args.method != "taskemb":
         return EmbedOptions(**common)
-    common.pop("max_tokens_per_batch")  # TaskEmb keeps its smaller backward budget unless told
     return TaskEmbOptions(**common, seed=args.seed, label_source=args.labels, train_scope=args.train,
                           train_steps=args.train_steps, fisher=args.fisher,
                           include_parameters=args.include_parameters)
@@ -100,8 +98,8 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     dataset = _load(args, settings)
     if args.max_examples and len(dataset) > args.max_examples:
         dataset = dataset.subsample(args.max_examples, seed=args.seed)
-    options = _embed_options(args, settings)
     encoder = load_encoder(args.model or settings.model, settings.device)
+    options = _embed_options(args, encoder.token_budget(settings.max_tokens_per_batch))
     with progress_bar(f"{args.method} {dataset.name}") as on_progress:
         result = embed(dataset, args.method, encoder, options, on_progress)
     summary = {
@@ -155,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fisher", choices=["per_example", "batch"], default="per_example")
     p.add_argument("--include-parameters", action="store_true", help="TaskEmb: also parameter Fisher")
     p.set_defaults(func=cmd_embed)
+
+    from app import cli_library
+
+    cli_library.register(sub, dataset_args)
     return parser
 
 

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     model: str = Field("default", description="Encoder: 'default' (bundled all-MiniLM-L6-v2), a HF name or a local path.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA with bf16 autocast when present.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = one per core.")
-    max_tokens_per_batch: int = Field(16384, ge=128, description="Padded-token budget of one encoder batch.")
+    max_tokens_per_batch: int = Field(0, ge=0, description="Padded tokens per encoder batch; 0 = auto (4096 on CPU, 32768 on CUDA).")
     seed: int = Field(13, description="Seed for sampling, head training and label sampling.")
 
     # Data and limits

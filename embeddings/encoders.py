@@ -52,6 +52,10 @@ class Encoder:
         limit = getattr(self.model.config, "max_position_embeddings", 512) or 512
         return int(min(limit, self.tokenizer.model_max_length or limit, 512))
 
+    def token_budget(self, configured: int = 0) -> int:
+        """Padded tokens per batch: small on CPU (cache-resident activations), large on GPU (occupancy)."""
+        return configured or (32768 if self.device.type == "cuda" else 4096)
+
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         """bf16 autocast on CUDA; plain fp32 on CPU (bf16 matmuls are slower than fp32 on most CPUs)."""

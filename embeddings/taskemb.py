@@ -21,7 +21,7 @@ from torch import nn
 
 from embeddings.data import Dataset, TaskType
 from embeddings.encoders import Encoder
-from embeddings.features import Batch, Features, collate, tokenize
+from embeddings.features import Batch, Features, collate, length_sorted_batches, tokenize
 from embeddings.heads import TaskHead
 from embeddings.options import ProgressFn, TaskEmbOptions, library_versions, no_progress
 from embeddings.result import EmbeddingResult
@@ -141,33 +141,99 @@ def _train(model: nn.Module, head: TaskHead, features: Features, encoder: Encode
     """Fit the head (or the whole model) briefly, so the Fisher reflects the task and not a random head."""
     if options.train_steps == 0:
         return
-    full = options.train_scope == "full"
-    params = list(head.parameters()) + (list(model.parameters()) if full else [])
-    optimiser = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
     rng = np.random.default_rng(options.seed)
-    order = rng.permutation(len(features))
-    position = 0
+    if options.train_scope == "head":
+        _train_head_on_cached_states(head, features, encoder, options, rng, on_step)
+        return
+    optimiser = torch.optim.AdamW(list(head.parameters()) + list(model.parameters()), lr=options.lr)
     head.train()
-    model.train(full)
-    with _requires_grad(model, full):
-        for step in range(options.train_steps):
-            if position + options.train_batch_size > len(order):
-                order, position = rng.permutation(len(features)), 0
-            index = order[position : position + options.train_batch_size]
-            position += len(index)
-            batch = collate(features, index, encoder.device)
-            with encoder.autocast():
-                with torch.set_grad_enabled(full):
-                    states = model(**batch.model_inputs()).last_hidden_state
-                logits = head(states, batch.attention_mask)
-            assert batch.labels is not None
-            loss = head.per_example_loss(logits, batch.labels).mean()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            on_step((step + 1) * options.train_batch_size)
+    model.train()
+    for step, index in enumerate(_training_batches(len(features), options, rng)):
+        batch = collate(features, index, encoder.device)
+        assert batch.labels is not None
+        with encoder.autocast():
+            logits = head(model(**batch.model_inputs()).last_hidden_state, batch.attention_mask)
+        loss = head.per_example_loss(logits, batch.labels).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        on_step((step + 1) * options.train_batch_size)
     model.eval()
     head.eval()
+
+
+def _training_batches(count: int, options: TaskEmbOptions, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """`train_steps` batches drawn epoch by epoch from a seeded permutation."""
+    order, position = rng.permutation(count), 0
+    for _ in range(options.train_steps):
+        if position + options.train_batch_size > count and position > 0:
+            order, position = rng.permutation(count), 0
+        index = order[position : position + options.train_batch_size]
+        position += len(index)
+        yield index
+
+
+_CACHED_TOKENS = 262_144  # final-layer states kept for head training (about 200 MB at 384 dims in fp16)
+
+
+def _train_head_on_cached_states(head: TaskHead, features: Features, encoder: Encoder, options: TaskEmbOptions,
+                                 rng: np.random.Generator, on_step: Callable[[int], None]) -> None:
+    """With a frozen encoder, encode the training rows once and fit the head on the stored states.
+
+    One forward pass over at most steps x batch rows (fewer when the token cache is full) instead
+    of one per step: head training costs about as much as a TextEmb pass over those rows.
+    """
+    sentence_level = head.task_type in (TaskType.CLASSIFICATION, TaskType.REGRESSION)
+    wanted = rng.permutation(len(features))[: options.train_steps * options.train_batch_size]
+    if sentence_level:  # one stored vector per row
+        subset = wanted
+    else:  # whole token sequences: cap the stored tokens
+        subset = wanted[: max(1, int(np.searchsorted(np.cumsum(features.lengths[wanted]), _CACHED_TOKENS, "right")))]
+    store_dtype = torch.float16 if encoder.device.type == "cpu" else torch.bfloat16
+    states: list[torch.Tensor] = [torch.empty(0)] * len(subset)
+    position = {int(f): i for i, f in enumerate(subset)}
+    with torch.inference_mode():
+        for index in _plan_subset(features, subset, options):
+            batch = collate(features, index, encoder.device, with_labels=False)
+            with encoder.autocast():
+                hidden = encoder.model(**batch.model_inputs()).last_hidden_state
+            for row, f in enumerate(index):
+                kept = hidden[row, :1] if sentence_level else hidden[row, : len(features.input_ids[f])]
+                states[position[int(f)]] = kept.to(store_dtype)
+    half = options.train_steps * options.train_batch_size // 2
+    on_step(half)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=0.0)
+    head.train()
+    for step, local in enumerate(_training_batches(len(subset), options, rng)):
+        index = subset[local]
+        labels = collate(features, index, encoder.device).labels
+        assert labels is not None
+        width = labels.shape[1] if labels.dim() == 2 and head.task_type == TaskType.SEQUENCE_LABELING else None
+        padded, mask = _pad_states([states[i] for i in local], width)
+        logits = head(padded.float(), mask)
+        loss = head.per_example_loss(logits, labels).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if (step + 1) % 10 == 0:
+            on_step(half + (step + 1) * options.train_batch_size // 2)
+    on_step(options.train_steps * options.train_batch_size)
+    head.eval()
+
+
+def _plan_subset(features: Features, subset: np.ndarray, options: TaskEmbOptions) -> list[np.ndarray]:
+    return [subset[b] for b in length_sorted_batches(features.lengths[subset], options.max_tokens_per_batch,
+                                                       options.max_batch_size)]
+
+
+def _pad_states(states: list[torch.Tensor], width: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = width or max(s.shape[0] for s in states)
+    out = states[0].new_zeros((len(states), longest, states[0].shape[-1]))
+    mask = torch.zeros((len(states), longest), dtype=torch.long, device=states[0].device)
+    for row, s in enumerate(states):
+        out[row, : s.shape[0]] = s
+        mask[row, : s.shape[0]] = 1
+    return out, mask
 
 
 def _accumulate(model: nn.Module, head: TaskHead, features: Features, encoder: Encoder, options: TaskEmbOptions,

@@ -27,7 +27,7 @@ def classification(n: int = 8) -> Dataset:
 
 
 def pairs() -> Dataset:
-    rows = [TextExample(a, b, float(i) / 3) for i, (a, b) in enumerate(zip(SENTENCES, reversed(SENTENCES)))]
+    rows = [TextExample(a, b, float(i) / 3) for i, (a, b) in enumerate(zip(SENTENCES, reversed(SENTENCES), strict=True))]
     return Dataset(name="toy-reg", task_type=TaskType.REGRESSION, examples=rows, labels=[])
 
 
@@ -103,10 +103,10 @@ def reference_fisher(dataset: Dataset, encoder, options: TaskEmbOptions) -> dict
         ids = torch.tensor(features.input_ids[i], dtype=torch.long)[None]
         captured: dict[str, torch.Tensor] = {}
         handles = [layer.attention.output.register_forward_hook(
-                       lambda m, a, out, k=f"layer_{j}.attention_output": captured.__setitem__(k, out))
+                       lambda m, a, out, k=f"layer_{j}.attention_output", c=captured: c.__setitem__(k, out))
                    for j, layer in enumerate(layers)]
         handles += [layer.output.register_forward_hook(
-                        lambda m, a, out, k=f"layer_{j}.output": captured.__setitem__(k, out))
+                        lambda m, a, out, k=f"layer_{j}.output", c=captured: c.__setitem__(k, out))
                     for j, layer in enumerate(layers)]
         states = encoder.model(input_ids=ids, token_type_ids=torch.zeros_like(ids)
                                if features.token_type_ids is None else
