@@ -20,7 +20,7 @@ def _column_map(text: str | None) -> dict[str, str] | None:
     for part in text.split(","):
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise SystemExit(f"error: --columns expects field=column pairs, got {part!r}")
+            raise ValueError(f"--columns expects field=column pairs like text=review, got {part!r}")
         mapping[key.strip()] = value.strip()
     return mapping
 

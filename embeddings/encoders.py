@@ -103,6 +103,8 @@ def _load(model: str, device: torch.device) -> Encoder:
         path, name = str(default_model_path()), DEFAULT_MODEL_NAME
     else:
         path, name = model, model
+    if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+        raise ValueError(f"cannot load encoder {model!r}: no such directory")
     # A local directory never needs the hub; a hub name honours HF_HUB_OFFLINE (set in tests and the service).
     kwargs = {"local_files_only": True} if Path(path).is_dir() else {}
     try:
@@ -111,8 +113,9 @@ def _load(model: str, device: torch.device) -> Encoder:
             encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
         except TypeError:  # architectures without a pooling layer argument
             encoder = AutoModel.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise ValueError(f"cannot load encoder {model!r}: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load encoder {model!r}: {first_line}") from exc
     if not tokenizer.is_fast:
         raise ValueError(f"encoder {model!r} has no fast tokenizer; taskrank needs offsets for QA and tagging")
     encoder.to(device)

@@ -1,0 +1,64 @@
+"""The `taskrank` CLI: readable one-line errors, inspect and embed on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from embeddings.result import EmbeddingResult
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_inspect_describes_a_csv(capsys):
+    assert main(["inspect", str(REPO / "examples" / "reviews.csv"), "--json"]) == 0
+    description = json.loads(capsys.readouterr().out)
+    assert description["task_type"] == "classification" and description["rows"] == 30
+    assert description["labels"] == {"negative": 15, "positive": 15}
+
+
+def test_inspect_a_folder_in_text(shared_data, capsys):
+    assert main(["inspect", str(shared_data / "stsb"), "--split", "dev"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("stsb: regression, 1492 rows, text pairs")
+
+
+def test_bad_file_is_one_line_without_traceback(tmp_path: Path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfine,1\nalso fine,1.5\nbroken,abc\n")
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "inspect", str(bad), "--task-type", "regression"],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: bad.csv, line 4")
+    assert "'abc'" in lines[0] and "label" in lines[0]
+
+
+def test_column_mapping_flag(tmp_path: Path, capsys):
+    data = tmp_path / "reviews.tsv"
+    data.write_text("review\tstars\ngreat\tgood\nawful\tbad\nfine\tgood\n")
+    assert main(["inspect", str(data), "--columns", "text=review,label=stars", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["labels"] == {"bad": 1, "good": 2}
+    assert main(["inspect", str(data), "--columns", "text"]) != 0
+
+
+@pytest.mark.integration
+def test_embed_saves_vectors_and_metadata(tmp_path: Path, capsys):
+    out = tmp_path / "reviews_taskemb"
+    code = main(["embed", str(REPO / "examples" / "reviews.csv"), "--method", "taskemb", "--train-steps", "5",
+                 "--out", str(out), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "taskemb" and summary["examples"] == 30
+    assert summary["components"]["layer_5.output"]["dim"] == 384
+    saved = EmbeddingResult.load(summary["saved"])
+    assert saved.model_name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert saved.options["train_steps"] == 5 and saved.dataset_hash == summary["dataset_hash"]
+    assert len(saved.vectors) == 13
