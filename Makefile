@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/taskrank embed examples/reviews.csv --method taskemb
+	HF_HUB_OFFLINE=1 $(BIN)/taskrank serve
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q

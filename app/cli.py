@@ -123,6 +123,55 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def worker_command(settings: Settings, queues: str, concurrency: int, name: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker", "-Q", queues,
+            "-c", str(concurrency), "-P", "prefork", "--loglevel", "INFO", "-n", name, "--without-gossip",
+            "--without-mingle"]
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """A real Celery worker process on the configured broker (`--queues train` on GPU hosts)."""
+    import os
+    import socket
+
+    name = f"{args.queues.replace(',', '-')}@{socket.gethostname()}-{os.getpid()}"
+    os.execv(sys.executable, worker_command(settings, args.queues, args.concurrency or settings.worker_concurrency,
+                                            name))
+    return 0  # pragma: no cover
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The API plus one real worker process; embedded broker and SQLite unless configured otherwise."""
+    import signal
+    import socket
+    import subprocess
+
+    import uvicorn
+
+    from app.main import create_app
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    worker = None
+    if not args.no_worker:
+        command = worker_command(settings, "embed,train", settings.worker_concurrency,
+                                 f"embedded@{socket.gethostname()}")
+        worker = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    host, port = args.host or settings.host, args.port or settings.port
+    broker = "embedded SQLite broker" if settings.embedded_broker else settings.resolved_broker_url.split("@")[-1]
+    print(f"taskrank: http://{host}:{port}/  (API docs at /docs; data in {settings.data_dir.resolve()}; "
+          f"{broker}; Ctrl-C stops)", file=sys.stderr)
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskrank", description="Which source task to train on before yours.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fisher", choices=["per_example", "batch"], default="per_example")
     p.add_argument("--include-parameters", action="store_true", help="TaskEmb: also parameter Fisher")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("serve", help="run the API and a worker (embedded broker and SQLite by default)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run a Celery worker on the configured broker")
+    p.add_argument("--queues", default="embed,train", help="comma-separated: embed, train")
+    p.add_argument("--concurrency", type=int, help="worker processes (default TASKRANK_WORKER_CONCURRENCY)")
+    p.set_defaults(func=cmd_worker)
 
     from app import cli_library
 

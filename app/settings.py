@@ -28,14 +28,36 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(20_000, ge=1, description="A single text (or context) over this is rejected.")
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Upload size cap, enforced while streaming.")
 
-    # Service (later issues)
+    # Service
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
-    broker_url: str | None = Field(None, description="Celery broker; default an embedded broker in data_dir.")
+    broker_url: str | None = Field(None, description="Celery broker; default an embedded SQLite broker in data_dir.")
     api_keys: str | None = Field(None, description="Comma-separated API keys; when set, writes need a Bearer key.")
+    auth_reads: bool = Field(False, description="With API keys: reads need a key too.")
+    per_key_ownership: bool = Field(False, description="With API keys: a key sees only its own datasets and jobs.")
+    host: str = Field("127.0.0.1", description="Address `taskrank serve` binds.")
+    port: int = Field(8000, description="Port `taskrank serve` binds.")
+    job_soft_time_limit: int = Field(3600, ge=1, description="Seconds before a job is asked to stop.")
+    job_time_limit: int = Field(3900, ge=1, description="Seconds before a job's process is killed.")
+    broker_visibility_timeout: int = Field(
+        7200, ge=1, description="Seconds before an unacknowledged message is redelivered (Redis).")
+    worker_concurrency: int = Field(1, ge=1, description="Worker processes per `taskrank worker`.")
 
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'taskrank.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """The embedded default needs no server: kombu's SQLAlchemy transport on a SQLite file."""
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("sqla+")
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in (self.api_keys or "").split(",") if k.strip())
 
 
 @lru_cache

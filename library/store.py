@@ -101,6 +101,29 @@ class LibraryMetaRow(Base):
     revision: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class LibraryBuildRow(Base):
+    """Append-only log of builds and imports (the build manifest); not ranking content, so no revision bump."""
+
+    __tablename__ = "library_builds"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    info: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+
+
+@dataclass(frozen=True)
+class StoredEmbedding:
+    """One stored component vector of one task."""
+
+    model_name: str
+    model_hash: str
+    method: str
+    component: str
+    vector: np.ndarray  # float32
+    options: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class SourceTask:
     id: int
@@ -195,7 +218,7 @@ class LibraryStore:
             kwargs["pool_pre_ping"] = True
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         Base.metadata.create_all(self.engine)
         self._ensure_meta()
@@ -461,6 +484,46 @@ class LibraryStore:
         es = self.embedding_set(model_name, method, component)
         return es.ids, es.matrix
 
+    def task_embeddings(self, task_id: int) -> list[StoredEmbedding]:
+        """Every stored vector of one task, ordered by (model, method, row id), i.e. insertion order."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(TaskEmbeddingRow)
+                .where(TaskEmbeddingRow.source_task_id == task_id)
+                .order_by(TaskEmbeddingRow.model_name, TaskEmbeddingRow.method, TaskEmbeddingRow.id)
+            ).all()
+            return [
+                StoredEmbedding(
+                    model_name=r.model_name,
+                    model_hash=r.model_hash,
+                    method=r.method,
+                    component=r.component,
+                    vector=np.frombuffer(r.vector, dtype="<f4").astype(np.float32),
+                    options=dict(r.options or {}),
+                )
+                for r in rows
+            ]
+
+    # -- build log -----------------------------------------------------------------------------
+
+    def record_build(self, info: dict[str, Any]) -> int:
+        """Append a build (or import) record: the build manifest. Returns its id."""
+        with self._sessions() as session, session.begin():
+            row = LibraryBuildRow(info=dict(info))
+            session.add(row)
+            session.flush()
+            return int(row.id)
+
+    def builds(self) -> list[dict[str, Any]]:
+        """Build records, oldest first, each with its `id` and `recorded_at` (ISO 8601, UTC)."""
+        with self._sessions() as session:
+            rows = session.scalars(select(LibraryBuildRow).order_by(LibraryBuildRow.id)).all()
+            out = []
+            for r in rows:
+                created = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
+                out.append({"id": r.id, "recorded_at": created.isoformat(), **dict(r.info or {})})
+            return out
+
     def count_embeddings(self) -> int:
         with self._sessions() as session:
             return int(session.scalar(select(func.count()).select_from(TaskEmbeddingRow)) or 0)
@@ -470,9 +533,11 @@ def _format_version(revision: int, library_id: str) -> str:
     return f"r{revision}-{library_id[:8]}"
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    """SQLite ignores foreign keys (and so ON DELETE CASCADE) unless asked, per connection."""
+def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """SQLite ignores foreign keys (and so ON DELETE CASCADE) unless asked, per connection; WAL lets the
+    API read while a worker process writes."""
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()

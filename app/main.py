@@ -1,0 +1,159 @@
+"""The FastAPI app: builds shared resources in the lifespan, mounts one router per resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import deps
+from app.routes import datasets, health, jobs, library, rankings
+from app.settings import Settings, get_settings
+from library.errors import LibraryError
+from library.jobs import JobStore
+from library.service import LibraryService
+
+log = logging.getLogger(__name__)
+
+
+class ServiceResources(deps.Services):
+    """Services plus the Celery client used to enqueue jobs (by task name: no worker code imported)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from worker.celery_app import make_celery
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(settings=settings, jobs=JobStore(settings.resolved_database_url),
+                         library=LibraryService.from_settings(settings))
+        self.celery = make_celery(settings)
+
+    def enqueue(self, kind: str, job_id: str) -> None:
+        name = {"rank": "taskrank.embed.rank", "add_source": "taskrank.embed.add_source"}[kind]
+        queue = self.jobs.get_job(job_id).queue if self.jobs.get_job(job_id) else "embed"  # type: ignore[union-attr]
+        try:
+            self.celery.send_task(name, args=[job_id], queue=queue, retry=True,
+                                  retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
+        except Exception as exc:
+            self.jobs.fail_job(job_id, f"broker unavailable: {type(exc).__name__}")
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def broker_status(self) -> str:
+        try:
+            with self.celery.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+            return "ok"
+        except Exception as exc:  # noqa: BLE001 - reported by /health
+            return f"unavailable: {type(exc).__name__}"
+
+    def close(self) -> None:
+        self.jobs.close()
+        self.library.close()
+
+
+class BrokerUnavailable(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Reject bodies over the cap while they stream in, before they are all read (413)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        slack = 1 << 16  # multipart framing around a file right at the cap
+        if declared is not None and declared.isdigit() and int(declared) > self.limit + slack:
+            await _too_large(send, self.limit)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit + slack:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _too_large(send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = (b'{"detail":{"message":"request body is larger than the ' + str(limit).encode()
+            + b' byte limit (TASKRANK_MAX_UPLOAD_BYTES)"}}')
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resources = ServiceResources(settings)
+        app.state.services = resources
+        try:
+            yield
+        finally:
+            resources.close()
+
+    app = FastAPI(title="taskrank", version="0.1.0", lifespan=lifespan,
+                  description="Rank source tasks for your NLP dataset (TextEmb, SEmb, TaskEmb) and run transfers.")
+    for router in (datasets.router, rankings.router, jobs.router, library.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
+
+    @app.exception_handler(OperationalError)
+    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse({"detail": {"message": "the database is unavailable; try again shortly"}},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return await database_unavailable(_, exc)
+        raise exc
+
+    @app.exception_handler(BrokerUnavailable)
+    async def broker_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": {"message": "the job queue is unavailable; try again shortly"}},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(LibraryError)
+    async def library_error(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": {"message": str(exc)}}, status_code=422)
+
+    return app
+
+
+def _app_factory() -> Any:
+    return create_app()

@@ -1,0 +1,49 @@
+"""GET /jobs, GET /jobs/{id} (state, percent, ETA, error), DELETE /jobs/{id} (cancel)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from app.deps import JobsDep, Reader, SettingsDep, Writer, visible
+from app.schemas import ErrorResponse, JobPublic, JobStateName
+from library.jobs import Job
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def job_public(job: Job) -> JobPublic:
+    return JobPublic(id=job.id, kind=job.kind, state=job.state.value, stage=job.stage,
+                     progress=round(100.0 * job.progress, 1), done=job.done, total=job.total,
+                     eta_seconds=None if job.eta_seconds is None else round(job.eta_seconds, 1),
+                     error=job.error, dataset_id=job.dataset_id, queue=job.queue, attempts=job.attempts,
+                     created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                     duration_seconds=None if job.duration_seconds is None else round(job.duration_seconds, 3),
+                     result=job.result)
+
+
+def visible_job(jobs: JobsDep, settings: SettingsDep, owner: str | None, job_id: str) -> Job:
+    job = jobs.get_job(job_id)
+    if job is None or not visible(owner, job.owner, settings):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+    return job
+
+
+@router.get("", response_model=list[JobPublic])
+def list_jobs(jobs: JobsDep, settings: SettingsDep, owner: Reader, state: JobStateName | None = None,
+              limit: int = Query(50, ge=1, le=1000)) -> list[JobPublic]:
+    found = jobs.list_jobs(state=state, owner=owner if settings.per_key_ownership else None, limit=limit)
+    return [job_public(j) for j in found]
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
+def get_job(job_id: str, jobs: JobsDep, settings: SettingsDep, owner: Reader) -> JobPublic:
+    return job_public(visible_job(jobs, settings, owner, job_id))
+
+
+@router.delete("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
+def cancel_job(job_id: str, jobs: JobsDep, settings: SettingsDep, owner: Writer) -> JobPublic:
+    """Queued: cancelled at once. Running: stops at its next progress report. Finished: unchanged."""
+    visible_job(jobs, settings, owner, job_id)
+    job = jobs.request_cancel(job_id)
+    assert job is not None
+    return job_public(job)

@@ -1,0 +1,70 @@
+"""POST /rankings (202 + job, or the stored result at once), GET /rankings/{id}."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Response, status
+
+from app.deps import JobsDep, LibraryDep, Reader, Services, SettingsDep, Writer, get_services, visible
+from app.routes.datasets import _get_visible
+from app.schemas import ErrorResponse, RankingCreate, RankingPublic
+from library.jobs import JobState, StoredRanking
+
+router = APIRouter(prefix="/rankings", tags=["rankings"])
+
+
+def request_key(content_hash: str, model: str, library_version: str, body: RankingCreate) -> str:
+    """Same data, model, library and options: the same ranking, answered from the store."""
+    parts = [content_hash, model, library_version, body.method, body.top_k, body.all_class]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def ranking_public(ranking: StoredRanking, jobs: JobsDep, cached: bool = False) -> RankingPublic:
+    job = jobs.get_job(ranking.job_id)
+    result = ranking.result or {}
+    return RankingPublic(
+        id=ranking.id, dataset_id=ranking.dataset_id, method=ranking.method, top_k=ranking.top_k,
+        all_class=ranking.all_class, job_id=ranking.job_id, cached=cached,
+        state=job.state.value if job else ("succeeded" if ranking.result else "failed"),
+        progress=round(100 * (job.progress if job else 1.0), 1),
+        library_version=result.get("library_version"), model_name=result.get("model_name"),
+        target=result.get("target"), sources=result.get("sources"), error=job.error if job else None)
+
+
+@router.post("", status_code=202, response_model=RankingPublic,
+             responses={200: {"model": RankingPublic, "description": "Answered from a stored ranking"},
+                        404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+def create_ranking(body: RankingCreate, response: Response, jobs: JobsDep, library: LibraryDep,
+                   settings: SettingsDep, owner: Writer,
+                   services: Annotated[Services, Depends(get_services)]) -> RankingPublic:
+    dataset = _get_visible(jobs, settings, owner, body.dataset_id)
+    key = request_key(dataset.content_hash, settings.model, library.store.version(), body)
+    existing = jobs.find_ranking(key)
+    if existing is not None:
+        job = jobs.get_job(existing.job_id)
+        if job is not None and job.state in (JobState.FAILED, JobState.CANCELLED):
+            jobs.forget_ranking(existing.id)  # a failed attempt is not an answer: try again
+        elif visible(owner, existing.owner, settings):
+            response.status_code = status.HTTP_200_OK if existing.result is not None else status.HTTP_202_ACCEPTED
+            return ranking_public(existing, jobs, cached=existing.result is not None)
+    job = jobs.create_job("rank", params={"method": body.method, "top_k": body.top_k, "all_class": body.all_class},
+                          dataset_id=dataset.id, queue="embed", owner=owner)
+    ranking, created = jobs.add_ranking(request_key=key, dataset_id=dataset.id, job_id=job.id, method=body.method,
+                                        top_k=body.top_k, all_class=body.all_class, owner=owner)
+    if not created:  # an identical request won the race: answer with its job
+        jobs.mark_cancelled(job.id)
+        return ranking_public(ranking, jobs)
+    jobs.set_job_params(job.id, {**job.params, "ranking_id": ranking.id})
+    services.enqueue("rank", job.id)
+    return ranking_public(ranking, jobs)
+
+
+@router.get("/{ranking_id}", response_model=RankingPublic, responses={404: {"model": ErrorResponse}})
+def get_ranking(ranking_id: str, jobs: JobsDep, settings: SettingsDep, owner: Reader) -> RankingPublic:
+    ranking = jobs.get_ranking(ranking_id)
+    if ranking is None or not visible(owner, ranking.owner, settings):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no ranking {ranking_id}")
+    return ranking_public(ranking, jobs)

@@ -1,0 +1,101 @@
+"""Celery tasks: thin wrappers that hand a job id to `worker.runner`.
+
+The model, the store and the library load lazily, once per worker process, after the fork.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from app.settings import get_settings
+from library.jobs import JobStore
+from library.service import LibraryService
+from worker import runner
+from worker.celery_app import celery_app
+
+log = logging.getLogger(__name__)
+RETRY = {"autoretry_for": (ConnectionError, TimeoutError, runner.TransientJobError), "retry_backoff": True,
+         "retry_backoff_max": 60, "max_retries": 8, "acks_late": True}
+
+
+@worker_process_init.connect
+def _configure_process(**_: object) -> None:
+    """After the fork: explicit thread pools (torch and FAISS) and no CUDA touched in the parent."""
+    from embeddings.encoders import set_threads
+
+    set_threads(get_settings().torch_threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(max(1, get_settings().torch_threads or 1))
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@lru_cache(maxsize=1)
+def job_store() -> JobStore:
+    return JobStore(get_settings().resolved_database_url)
+
+
+@lru_cache(maxsize=1)
+def library_service() -> LibraryService:
+    return LibraryService.from_settings(get_settings())
+
+
+def _run(function, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    try:
+        function(job_id, job_store(), library_service(), get_settings())
+    except Exception as exc:
+        if runner.is_transient(exc):
+            raise runner.TransientJobError(str(exc)) from exc
+        raise
+
+
+@celery_app.task(name="taskrank.embed.rank", **RETRY)
+def rank_task(job_id: str) -> None:
+    _run(runner.run_rank, job_id)
+
+
+@celery_app.task(name="taskrank.embed.add_source", **RETRY)
+def add_source_task(job_id: str) -> None:
+    _run(runner.run_add_source, job_id)
+
+
+TASKS = {"rank": rank_task, "add_source": add_source_task}
+
+
+def enqueue(kind: str, job_id: str, queue: str | None = None) -> None:
+    TASKS[kind].apply_async(args=[job_id], queue=queue or "embed")
+
+
+def _heartbeat_loop(name: str, queues: str, interval: float = 10.0) -> None:
+    import time
+
+    while True:
+        try:
+            job_store().heartbeat(name, queues)
+        except Exception as exc:  # the database may be briefly away; health reports it
+            log.warning("heartbeat failed: %s", exc)
+        time.sleep(interval)
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: object = None, **_: object) -> None:
+    """Workers announce themselves in the job database: /health counts them without a broadcast."""
+    import threading
+
+    hostname = getattr(sender, "hostname", "worker")
+    queues = ",".join(sorted(q.name for q in celery_app.amqp.queues.consume_from.values())) \
+        if celery_app.amqp.queues.consume_from else ""
+    threading.Thread(target=_heartbeat_loop, args=(hostname, queues), daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(sender: object = None, **_: object) -> None:
+    try:
+        job_store().forget_worker(getattr(sender, "hostname", "worker"))
+    except Exception:  # noqa: BLE001 - shutting down anyway
+        pass
