@@ -1,0 +1,160 @@
+"""A small client for notebooks: upload data, wait for the job with a progress bar, get a DataFrame.
+
+    from app.client import TaskrankClient
+    client = TaskrankClient("http://127.0.0.1:8000")
+    ranking = client.rank(df, method="ensemble", top_k=5)      # DataFrame, list of dicts, path, or HF Dataset
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class TaskrankError(RuntimeError):
+    """An error answered by the service, with its message (and file/line/field for bad data)."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        self.status, self.detail = status, detail
+        message = detail.get("message") if isinstance(detail, dict) else detail
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class TaskrankClient:
+    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 60.0):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> TaskrankClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text
+            raise TaskrankError(response.status_code, detail)
+        return response.json() if response.content else None
+
+    # datasets ---------------------------------------------------------------------------------
+    def upload(self, data: Any, *, name: str | None = None, task_type: str | None = None,
+               column_map: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Upload a pandas DataFrame, a list of dicts, a file path, or a Hugging Face `datasets.Dataset`."""
+        form = {k: v for k, v in {"name": name, "task_type": task_type,
+                                   "column_map": json.dumps(dict(column_map)) if column_map else None}.items() if v}
+        if isinstance(data, str | Path):
+            path = Path(data)
+            with open(path, "rb") as fh:
+                return self._check(self.http.post("/datasets", files={"file": (path.name, fh)}, data=form))
+        rows = _rows(data)
+        if hasattr(data, "to_csv") and not _has_nested(rows):  # DataFrame: send as CSV, the cheapest form
+            buffer = io.BytesIO(data.to_csv(index=False).encode())
+            return self._check(self.http.post("/datasets", files={"file": (f"{name or 'dataframe'}.csv", buffer)},
+                                              data=form))
+        body: dict[str, Any] = {"rows": rows, "name": name, "task_type": task_type}
+        if column_map:
+            body["column_map"] = dict(column_map)
+        return self._check(self.http.post("/datasets", json={k: v for k, v in body.items() if v is not None}))
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self._check(self.http.get("/datasets"))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._check(self.http.delete(f"/datasets/{dataset_id}"))
+
+    # jobs and rankings --------------------------------------------------------------------------
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/jobs/{job_id}"))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.delete(f"/jobs/{job_id}"))
+
+    def wait(self, job_id: str, *, poll: float = 0.5, timeout: float | None = None,
+             progress: bool = True) -> dict[str, Any]:
+        """Poll the job until it finishes; a tqdm bar shows percent and the service's ETA."""
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% {postfix}")
+        started = time.monotonic()
+        try:
+            while True:
+                job = self.job(job_id)
+                if bar is not None:
+                    bar.n = job["progress"]
+                    eta = job.get("eta_seconds")
+                    bar.set_postfix_str(f"{job['stage']}" + (f", ETA {eta:.0f}s" if eta else ""))
+                    bar.refresh()
+                if job["state"] in ("succeeded", "failed", "cancelled"):
+                    if job["state"] != "succeeded":
+                        raise TaskrankError(200, {"message": f"job {job['state']}: {job.get('error')}"})
+                    return job
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
+                time.sleep(poll)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def request_ranking(self, dataset_id: str, method: str = "ensemble", top_k: int = 10,
+                        all_class: bool = False) -> dict[str, Any]:
+        return self._check(self.http.post("/rankings", json={"dataset_id": dataset_id, "method": method,
+                                                             "top_k": top_k, "all_class": all_class}))
+
+    def ranking(self, ranking_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/rankings/{ranking_id}"))
+
+    def rank(self, data: Any, method: str = "ensemble", top_k: int = 10, all_class: bool = False,
+             *, timeout: float | None = None, progress: bool = True, **upload: Any):  # -> pandas.DataFrame
+        """Upload (unless given a dataset id), rank, wait, and return the ranked sources as a DataFrame."""
+        dataset_id = data if isinstance(data, str) and not Path(data).exists() else self.upload(data, **upload)["id"]
+        submitted = self.request_ranking(dataset_id, method, top_k, all_class)
+        if submitted["state"] != "succeeded":
+            self.wait(submitted["job_id"], timeout=timeout, progress=progress)
+        return ranking_frame(self.ranking(submitted["id"]))
+
+    def library(self) -> list[dict[str, Any]]:
+        return self._check(self.http.get("/library/tasks"))
+
+    def health(self) -> dict[str, Any]:
+        return self.http.get("/health").json()
+
+
+def ranking_frame(ranking: Mapping[str, Any]):  # -> pandas.DataFrame
+    import pandas as pd
+
+    rows = []
+    for source in ranking.get("sources") or []:
+        row = {k: source[k] for k in ("rank", "name", "task_type", "score", "num_train")}
+        for part, info in (source.get("details") or {}).items():
+            row[f"rank_{part}"] = info.get("rank")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _rows(data: Any) -> list[dict[str, Any]]:
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
+        return data.to_dict(orient="records")
+    if hasattr(data, "to_list") and hasattr(data, "features"):  # datasets.Dataset
+        return list(data.to_list())
+    if isinstance(data, Sequence) and all(isinstance(r, Mapping) for r in data):
+        return [dict(r) for r in data]
+    raise TypeError("upload takes a pandas DataFrame, a list of dicts, a file path or a datasets.Dataset")
+
+
+def _has_nested(rows: list[dict[str, Any]]) -> bool:
+    return any(isinstance(v, list | dict) for row in rows[:50] for v in row.values())
