@@ -107,6 +107,10 @@ def _load(model: str, device: torch.device) -> Encoder:
         raise ValueError(f"cannot load encoder {model!r}: no such directory")
     # A local directory never needs the hub; a hub name honours HF_HUB_OFFLINE (set in tests and the service).
     kwargs = {"local_files_only": True} if Path(path).is_dir() else {}
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "pooler weights not used" is expected for an encoder-only load
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, **kwargs)
         try:
@@ -116,6 +120,8 @@ def _load(model: str, device: torch.device) -> Encoder:
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot load encoder {model!r}: {first_line}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if not tokenizer.is_fast:
         raise ValueError(f"encoder {model!r} has no fast tokenizer; taskrank needs offsets for QA and tagging")
     encoder.to(device)
