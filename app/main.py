@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import deps
-from app.routes import datasets, health, jobs, library, rankings
+from app.routes import datasets, health, jobs, library, pages, rankings
 from app.settings import Settings, get_settings
 from library.errors import LibraryError
 from library.jobs import JobStore
@@ -34,10 +36,12 @@ class ServiceResources(deps.Services):
         self.celery = make_celery(settings)
 
     def enqueue(self, kind: str, job_id: str) -> None:
-        name = {"rank": "taskrank.embed.rank", "add_source": "taskrank.embed.add_source"}[kind]
-        queue = self.jobs.get_job(job_id).queue if self.jobs.get_job(job_id) else "embed"  # type: ignore[union-attr]
+        from worker.celery_app import TASK_NAMES
+
+        job = self.jobs.get_job(job_id)
+        queue = job.queue if job else "embed"
         try:
-            self.celery.send_task(name, args=[job_id], queue=queue, retry=True,
+            self.celery.send_task(TASK_NAMES[kind], args=[job_id], queue=queue, retry=True,
                                   retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
         except Exception as exc:
             self.jobs.fail_job(job_id, f"broker unavailable: {type(exc).__name__}")
@@ -127,8 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="taskrank", version="0.1.0", lifespan=lifespan,
                   description="Rank source tasks for your NLP dataset (TextEmb, SEmb, TaskEmb) and run transfers.")
-    for router in (datasets.router, rankings.router, jobs.router, library.router, health.router):
+    for router in (pages.router, datasets.router, rankings.router, jobs.router, library.router, health.router):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
 
     @app.exception_handler(OperationalError)

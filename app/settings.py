@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = Field(
         7200, ge=1, description="Seconds before an unacknowledged message is redelivered (Redis).")
     worker_concurrency: int = Field(1, ge=1, description="Worker processes per `taskrank worker`.")
+    job_stale_after: float = Field(
+        90.0, gt=0, description="A running job silent this long lost its worker: it may be taken over.")
+    job_requeue_after: float = Field(
+        300.0, gt=0, description="A queued job unstarted this long is dispatched again (a broker lost it).")
+    sweep_interval: float = Field(15.0, gt=0, description="Seconds between a worker's sweeps for lost jobs.")
 
     @property
     def resolved_database_url(self) -> str:

@@ -33,6 +33,12 @@ class StoredUpload:
     file_ext: str
     size_bytes: int
     path: Path
+    created: bool  # False when identical content was already stored
+
+    def discard(self) -> None:
+        """Undo the store (a later step failed): remove the file unless it was there before."""
+        if self.created:
+            self.path.unlink(missing_ok=True)
 
 
 def safe_extension(filename: str | None) -> str:
@@ -80,8 +86,9 @@ def store_file(stream: IO[bytes], filename: str | None, settings: Settings, *, n
             raise DatasetError(exc.message, file=shown, line=exc.line, column=exc.column, field=exc.field) from None
         sha = digest.hexdigest()
         final = directory / f"{sha}.{ext}"
+        created = not final.exists()
         os.replace(tmp, final)
-        return StoredUpload(dataset, sha, ext, size, final)
+        return StoredUpload(dataset, sha, ext, size, final, created)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -96,12 +103,13 @@ def store_rows(rows: list[dict[str, Any]], settings: Settings, *, name: str | No
         raise UploadTooLarge(settings.max_upload_bytes)
     sha = hashlib.sha256(data).hexdigest()
     final = _store_dir(settings) / f"{sha}.jsonl"
-    if not final.exists():
+    created = not final.exists()
+    if created:
         fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".upload-", suffix=".jsonl")
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.replace(tmp_name, final)
-    return StoredUpload(dataset, sha, "jsonl", len(data), final)
+    return StoredUpload(dataset, sha, "jsonl", len(data), final, created)
 
 
 def error_detail(exc: DatasetError) -> dict[str, Any]:

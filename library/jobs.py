@@ -99,6 +99,7 @@ class JobRow(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    dispatched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -313,6 +314,24 @@ class JobStore:
             counts.update({state: int(n) for state, n in rows})
             return counts
 
+    def lost_jobs(self, stale_after: float, requeue_after: float) -> list[Job]:
+        """Running jobs whose worker went silent, and queued jobs whose message may be gone."""
+        now = _now()
+        with self.session() as s:
+            rows = s.scalars(select(JobRow).where(
+                JobRow.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))).all()
+            lost = []
+            for row in rows:
+                if row.state == JobState.RUNNING.value:
+                    silent = ((now - _aware(row.updated_at)).total_seconds() > stale_after
+                              and (now - _aware(row.dispatched_at)).total_seconds() > stale_after)
+                else:
+                    silent = (now - _aware(row.dispatched_at)).total_seconds() > requeue_after
+                if silent:
+                    row.dispatched_at = now
+                    lost.append(_job(row))
+            return lost
+
     def queue_depths(self) -> dict[str, int]:
         with self.session() as s:
             rows = s.execute(select(JobRow.queue, func.count()).where(JobRow.state == JobState.QUEUED.value)
@@ -328,11 +347,18 @@ class JobStore:
                              .order_by(JobRow.finished_at.desc()).limit(limit)).all()
         return [(kind, (_aware(end) - _aware(start)).total_seconds()) for kind, start, end in rows if end]
 
-    def start_job(self, job_id: str) -> Job | None:
-        """Mark running; None when the job is gone or already finished (a redelivered message stops here)."""
+    def start_job(self, job_id: str, stale_after: float = 90.0) -> Job | None:
+        """Mark running and return the job; None when there is nothing for this delivery to do.
+
+        Nothing to do: the job is gone or finished (a redelivered message), or another worker is
+        running it and reported within `stale_after` seconds (a duplicate dispatch). A running job
+        silent for longer lost its worker (killed mid-job) and is taken over.
+        """
         with self.session() as s:
             row = s.get(JobRow, job_id, with_for_update=True)
             if row is None or row.state in {st.value for st in TERMINAL}:
+                return None
+            if row.state == JobState.RUNNING.value and (_now() - _aware(row.updated_at)).total_seconds() < stale_after:
                 return None
             if row.cancel_requested:
                 row.state, row.stage, row.finished_at = JobState.CANCELLED.value, "cancelled", _now()

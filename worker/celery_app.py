@@ -7,6 +7,7 @@ from kombu import Queue
 
 from app.settings import Settings, get_settings
 
+TASK_NAMES = {"rank": "taskrank.embed.rank", "add_source": "taskrank.embed.add_source"}
 EMBED_QUEUE = "embed"
 TRAIN_QUEUE = "train"
 

@@ -99,7 +99,7 @@ def target_embeddings(settings: Settings, service: LibraryService, dataset: Data
 
 
 def run_rank(job_id: str, store: JobStore, service: LibraryService, settings: Settings) -> None:
-    job = store.start_job(job_id)
+    job = store.start_job(job_id, settings.job_stale_after)
     if job is None:
         return  # finished, cancelled or deleted: a redelivered message stops here
     ranking = store.get_ranking(job.params["ranking_id"])
@@ -124,7 +124,7 @@ def run_rank(job_id: str, store: JobStore, service: LibraryService, settings: Se
 
 
 def run_add_source(job_id: str, store: JobStore, service: LibraryService, settings: Settings) -> None:
-    job = store.start_job(job_id)
+    job = store.start_job(job_id, settings.job_stale_after)
     if job is None:
         return
     progress = JobProgress(store, job_id, stage="embedding source")

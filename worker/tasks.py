@@ -14,7 +14,7 @@ from app.settings import get_settings
 from library.jobs import JobStore
 from library.service import LibraryService
 from worker import runner
-from worker.celery_app import celery_app
+from worker.celery_app import TASK_NAMES, celery_app
 
 log = logging.getLogger(__name__)
 RETRY = {"autoretry_for": (ConnectionError, TimeoutError, runner.TransientJobError), "retry_backoff": True,
@@ -64,11 +64,6 @@ def add_source_task(job_id: str) -> None:
     _run(runner.run_add_source, job_id)
 
 
-TASKS = {"rank": rank_task, "add_source": add_source_task}
-
-
-def enqueue(kind: str, job_id: str, queue: str | None = None) -> None:
-    TASKS[kind].apply_async(args=[job_id], queue=queue or "embed")
 
 
 def _heartbeat_loop(name: str, queues: str, interval: float = 10.0) -> None:
@@ -82,15 +77,41 @@ def _heartbeat_loop(name: str, queues: str, interval: float = 10.0) -> None:
         time.sleep(interval)
 
 
+def sweep_lost_jobs() -> int:
+    """Dispatch again the jobs a broker lost (restarted without persistence) or a killed worker held.
+
+    Safe to run in every worker: `start_job` lets only one delivery run a job.
+    """
+    settings = get_settings()
+    lost = job_store().lost_jobs(settings.job_stale_after, settings.job_requeue_after)
+    for job in lost:
+        log.warning("dispatching lost job %s (%s, was %s)", job.id, job.kind, job.state.value)
+        celery_app.send_task(TASK_NAMES[job.kind], args=[job.id], queue=job.queue)
+    return len(lost)
+
+
+def _sweep_loop() -> None:
+    import time
+
+    while True:
+        time.sleep(get_settings().sweep_interval)
+        try:
+            sweep_lost_jobs()
+        except Exception as exc:  # broker or database away: the next sweep tries again
+            log.warning("sweep for lost jobs failed: %s", exc)
+
+
 @worker_ready.connect
 def _start_heartbeat(sender: object = None, **_: object) -> None:
-    """Workers announce themselves in the job database: /health counts them without a broadcast."""
+    """Workers announce themselves in the job database (/health counts them without a broadcast)
+    and sweep for jobs that lost their message or their worker."""
     import threading
 
     hostname = getattr(sender, "hostname", "worker")
     queues = ",".join(sorted(q.name for q in celery_app.amqp.queues.consume_from.values())) \
         if celery_app.amqp.queues.consume_from else ""
     threading.Thread(target=_heartbeat_loop, args=(hostname, queues), daemon=True).start()
+    threading.Thread(target=_sweep_loop, daemon=True).start()
 
 
 @worker_shutdown.connect

@@ -108,7 +108,11 @@ async def upload_dataset(request: Request, settings: SettingsDep, jobs: JobsDep,
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, error_detail(exc)) from None
     except UploadTooLarge as exc:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, {"message": str(exc)}) from None
-    return public(_record(jobs, stored, filename, owner, load_options))
+    try:
+        return public(_record(jobs, stored, filename, owner, load_options))
+    except Exception:
+        stored.discard()  # the database refused the record: keep no file without one
+        raise
 
 
 def _text(value: Any) -> str | None:

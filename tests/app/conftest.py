@@ -67,3 +67,20 @@ def write_csv_slice(shared_data: Path, task: str, path: Path, rows: int) -> Path
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def slow_library(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, Path]:
+    """(model dir, library db) for fault tests: a wider random BERT and 2 sources of 3,000 rows, so a
+    ranking job runs for seconds and can be killed or cancelled mid-way."""
+    torch.manual_seed(1)
+    model_dir = tmp_path_factory.mktemp("medium-bert")
+    config = BertConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
+    BertModel(config, add_pooling_layer=False).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(str(default_model_path()), local_files_only=True).save_pretrained(model_dir)
+    folder = tmp_path_factory.mktemp("slow-library")
+    store = LibraryStore(f"sqlite:///{folder / 'taskrank.db'}")
+    options = BuildOptions(max_rows=3000, methods=("textemb", "semb"), embed=EmbedOptions(max_length=128))
+    build_library(shared_data, store, load_encoder(str(model_dir), "cpu"), options, only=("sst2", "rte"))
+    store.close()
+    return model_dir, folder / "taskrank.db"
