@@ -244,12 +244,13 @@ def cmd_library_build(args: argparse.Namespace, settings: Settings) -> int:
 
     from app.cli import progress_bar
     from embeddings.encoders import set_threads
-    from library.build import BuildOptions, build_library
+    from library.build import BuildOptions, build_library, task_folders
 
     if args.max_rows < 1:
         raise ValueError("--max-rows must be at least 1")
-    set_threads(settings.torch_threads)
     only = [o for o in args.only.split(",") if o.strip()] if args.only else None
+    task_folders(args.data_dir, only)  # a bad directory or task name fails before the model loads
+    set_threads(settings.torch_threads)
     seed = settings.seed if args.seed is None else args.seed
     with _service(settings) as service:
         encoder = service.encoder

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.app.conftest import write_csv_slice
-from tests.app.test_e2e import TASKRANK, REPO, base_env, free_port, wait_healthy, wait_job
+from tests.app.test_e2e import REPO, TASKRANK, base_env, free_port, wait_healthy, wait_job
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")]
