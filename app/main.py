@@ -129,7 +129,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             resources.close()
 
-    app = FastAPI(title="taskrank", version="0.1.0", lifespan=lifespan,
+    from app.schemas import ErrorResponse
+
+    common = {400: {"model": ErrorResponse, "description": "Malformed request body"},
+              503: {"model": ErrorResponse, "description": "Database or job queue briefly unavailable"}}
+    if settings.api_key_set:
+        common[401] = {"model": ErrorResponse, "description": "Missing or invalid API key"}
+    app = FastAPI(title="taskrank", version="0.1.0", lifespan=lifespan, responses=common,
                   description="Rank source tasks for your NLP dataset (TextEmb, SEmb, TaskEmb) and run transfers.")
     for router in (pages.router, datasets.router, rankings.router, jobs.router, library.router, health.router):
         app.include_router(router)

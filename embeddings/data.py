@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 HASH_PREFIX = "taskrank-data-v1\n"
+# A long CSV field is judged against LoadLimits.max_text_chars (a clear message), not csv's 128 KiB cap.
+csv.field_size_limit(2**31 - 1)
+
 SUPPORTED_FORMATS = (
     "a task folder with task.json, .jsonl, .json (SQuAD or a list of rows), .csv, .tsv/.tab, "
     "or CoNLL token/tag columns (.conll, .iob, .bio, .txt)"
@@ -382,6 +385,9 @@ def _lines(path: Path, ctx: _Ctx) -> Iterator[tuple[int, str]]:
     """Decoded lines with exact 1-based numbers; bad UTF-8 is reported at its line and byte column."""
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
+            if b"\x00" in raw:
+                raise ctx.error("binary data (a NUL byte): taskrank reads text files (JSONL, CSV/TSV, CoNLL, JSON)",
+                                line=lineno, column=raw.index(b"\x00") + 1)
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
