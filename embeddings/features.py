@@ -44,6 +44,8 @@ class Features:
     num_labels: int
     label_names: list[str]
     pad_token_id: int
+    offsets: list[np.ndarray] | None = None  # QA: (token, 2) character spans in the context
+    context_mask: list[np.ndarray] | None = None  # QA: which tokens are context (answer candidates)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -147,6 +149,8 @@ def _tokenize_qa(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, options: 
     type_ids: list[np.ndarray] = []
     example_index: list[int] = []
     spans: list[tuple[int, int]] = []
+    offsets: list[np.ndarray] = []
+    context_mask: list[np.ndarray] = []
     for start in range(0, len(examples), _CHUNK):
         chunk = examples[start : start + _CHUNK]
         questions = [ex.question.lstrip() for ex in chunk]
@@ -163,10 +167,14 @@ def _tokenize_qa(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, options: 
         for feature, row in enumerate(enc["overflow_to_sample_mapping"]):
             ex = chunk[row]
             example_index.append(start + row)
-            spans.append(_answer_span(ex, enc["offset_mapping"][feature], enc.sequence_ids(feature), context_id))
+            sequence_ids = enc.sequence_ids(feature)
+            spans.append(_answer_span(ex, enc["offset_mapping"][feature], sequence_ids, context_id))
+            offsets.append(np.asarray(enc["offset_mapping"][feature], dtype=np.int32).reshape(-1, 2))
+            context_mask.append(np.array([s == context_id for s in sequence_ids], dtype=bool))
     labels = np.array(spans, dtype=np.int64).reshape(-1, 2)
     return Features(dataset.task_type, input_ids, type_ids if wants_types else None,
-                    np.array(example_index, dtype=np.int64), labels, 2, [], tokenizer.pad_token_id or 0)
+                    np.array(example_index, dtype=np.int64), labels, 2, [], tokenizer.pad_token_id or 0,
+                    offsets=offsets, context_mask=context_mask)
 
 
 def _answer_span(ex: QAExample, offsets: Sequence[tuple[int, int]], sequence_ids: Sequence[int | None],

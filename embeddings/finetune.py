@@ -1,0 +1,302 @@
+"""Fine-tune an encoder with a task head, for every task type, and evaluate it on a dev split.
+
+The training loop is deliberately plain (AdamW, linear warm-up and decay, gradient clipping),
+seeded, resumable from checkpoints written every N steps, and reports through `on_progress`.
+Used for intermediate-task transfer: fine-tune on a source, drop the head, fine-tune on the target.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from embeddings import metrics as m
+from embeddings.data import Dataset, QAExample, TaggingExample, TaskType
+from embeddings.encoders import Encoder
+from embeddings.features import (
+    IGNORE_INDEX,
+    Features,
+    TokenizeOptions,
+    collate,
+    length_sorted_batches,
+    tokenize,
+)
+from embeddings.heads import TaskHead
+from embeddings.options import ProgressFn, no_progress
+
+MAX_ANSWER_TOKENS = 30
+
+
+@dataclass(frozen=True)
+class FinetuneOptions(TokenizeOptions):
+    epochs: float = field(default=3.0, metadata={"help": "Passes over the training rows (fractions allowed)."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
+    batch_size: int = field(default=32, metadata={"help": "Rows per optimiser step."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with a linear warm-up."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+    seed: int = field(default=13, metadata={"help": "Seeds head init, dropout and batch order."})
+    evaluations_per_epoch: int = field(default=1, metadata={"help": "Dev evaluations per epoch."})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement."})
+    checkpoint_every: int = field(default=200, metadata={"help": "Steps between resumable checkpoints."})
+    eval_max_tokens: int = field(default=8192, metadata={"help": "Padded tokens per evaluation batch."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("epochs, batch_size and learning_rate must be positive")
+
+
+@dataclass
+class FinetuneResult:
+    task_type: str
+    metrics: dict[str, float]
+    main_metric: str
+    score: float
+    best_step: int
+    steps: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def main_metric(task_type: TaskType, dataset_name: str = "") -> str:
+    """The headline metric per task type (Matthews correlation for CoLA-like acceptability tasks)."""
+    if task_type == TaskType.REGRESSION:
+        return "spearman"
+    if task_type == TaskType.QUESTION_ANSWERING:
+        return "f1"
+    if task_type == TaskType.SEQUENCE_LABELING:
+        return "f1"
+    return "matthews" if "cola" in dataset_name.lower() else "accuracy"
+
+
+class TaskModel(nn.Module):
+    """Encoder + head; the encoder part can be handed on to the next fine-tuning (transfer)."""
+
+    def __init__(self, encoder: nn.Module, head: TaskHead) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, batch_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        states = self.encoder(**batch_inputs).last_hidden_state
+        return self.head(states, batch_inputs["attention_mask"])
+
+
+def _label_stats(features: Features) -> tuple[float, float]:
+    labels = np.asarray(features.labels, dtype=np.float64)
+    return float(labels.mean()), float(labels.std() or 1.0)
+
+
+def fine_tune(train: Dataset, dev: Dataset, encoder: Encoder, options: FinetuneOptions | None = None, *,
+              initial_encoder_state: dict[str, torch.Tensor] | None = None,
+              checkpoint_dir: str | Path | None = None, on_progress: ProgressFn = no_progress,
+              ) -> tuple[FinetuneResult, TaskModel]:
+    """Train on `train`, evaluate on `dev`, keep the best evaluation's weights; returns (result, model)."""
+    options = options or FinetuneOptions()
+    if train.task_type != dev.task_type:
+        raise ValueError(f"train is {train.task_type.value} but dev is {dev.task_type.value}")
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)
+    device = encoder.device
+    body = copy.deepcopy(encoder.model)  # the shared encoder stays as loaded
+    if initial_encoder_state is not None:
+        body.load_state_dict(initial_encoder_state)
+    train_features = tokenize(train, encoder.tokenizer, options)
+    dev_features = tokenize(dev, encoder.tokenizer, options)
+    _align_labels(train_features, dev_features)
+    stats = None
+    if train.task_type == TaskType.REGRESSION:
+        stats = _label_stats(train_features)
+        train_features.labels = ((np.asarray(train_features.labels) - stats[0]) / stats[1]).astype(np.float32)
+    head = TaskHead(train.task_type, encoder.hidden_size, train_features.num_labels).to(device)
+    model = TaskModel(body, head).to(device)
+    steps_per_epoch = math.ceil(len(train_features) / options.batch_size)
+    total_steps = max(1, math.ceil(steps_per_epoch * options.epochs))
+    eval_every = max(1, steps_per_epoch // max(1, options.evaluations_per_epoch))
+    optimiser = torch.optim.AdamW(_param_groups(model, options.weight_decay), lr=options.learning_rate)
+    warmup = int(total_steps * options.warmup_ratio)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: min((step + 1) / max(1, warmup), max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
+    rng = np.random.default_rng(options.seed)
+    state: dict[str, Any] = {"step": 0, "best": -math.inf, "best_step": 0, "stale": 0, "history": [], "order": []}
+    best_weights: dict[str, torch.Tensor] | None = None
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir else None
+    resumed_from = None
+    if checkpoint is not None and (checkpoint / "trainer.pt").is_file():
+        saved = torch.load(checkpoint / "trainer.pt", map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        schedule.load_state_dict(saved["schedule"])
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+        best_weights = saved.get("best_weights")
+        resumed_from = state["step"]
+    main = main_metric(train.task_type, train.name)
+    while state["step"] < total_steps:
+        order = state["order"]
+        if not order:
+            order = state["order"] = rng.permutation(len(train_features)).tolist()
+        index = np.array([order.pop() for _ in range(min(options.batch_size, len(order)))])
+        batch = collate(train_features, index, device)
+        model.train()
+        with encoder.autocast():
+            logits = model(batch.model_inputs())
+        assert batch.labels is not None
+        loss = head.per_example_loss(logits, batch.labels).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+        optimiser.step()
+        schedule.step()
+        state["step"] += 1
+        step = state["step"]
+        on_progress(step, total_steps)
+        if step % eval_every == 0 or step == total_steps:
+            scores = evaluate_model(model, dev, dev_features, encoder, options, stats)
+            state["history"].append({"step": step, "loss": float(loss.detach()), **scores})
+            if scores[main] > state["best"]:
+                state["best"], state["best_step"], state["stale"] = scores[main], step, 0
+                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                state["stale"] += 1
+                if options.early_stopping_patience is not None and state["stale"] >= options.early_stopping_patience:
+                    break
+        if checkpoint is not None and (step % options.checkpoint_every == 0) and step < total_steps:
+            _save_checkpoint(checkpoint, model, optimiser, schedule, rng, state, best_weights)
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    final = next(h for h in state["history"] if h["step"] == state["best_step"]) if state["history"] else {}
+    result = FinetuneResult(task_type=train.task_type.value, metrics={k: v for k, v in final.items()
+                                                                      if k not in ("step", "loss")},
+                            main_metric=main, score=float(state["best"]), best_step=state["best_step"],
+                            steps=state["step"], seconds=time.perf_counter() - started,
+                            history=state["history"], resumed_from=resumed_from)
+    if checkpoint is not None:
+        (checkpoint / "trainer.pt").unlink(missing_ok=True)  # finished: nothing to resume
+    model.eval()
+    return result, model
+
+
+def _save_checkpoint(directory: Path, model: TaskModel, optimiser: torch.optim.Optimizer, schedule: Any,
+                     rng: np.random.Generator, state: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
+    """Atomic: a job killed while writing resumes from the previous checkpoint."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "trainer.pt.tmp"
+    torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "state": state,
+                "best_weights": best}, tmp)
+    os.replace(tmp, directory / "trainer.pt")
+    (directory / "progress.json").write_text(json.dumps({"step": state["step"]}))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _align_labels(train: Features, dev: Features) -> None:
+    """Dev label ids must use the train label order; unseen dev labels are an error, not a silent zero."""
+    if train.task_type not in (TaskType.CLASSIFICATION, TaskType.SEQUENCE_LABELING):
+        return
+    if dev.label_names == train.label_names:
+        return
+    unknown = sorted(set(dev.label_names) - set(train.label_names))
+    if unknown:
+        raise ValueError(f"dev labels {unknown[:10]} never occur in the training data")
+    remap = np.array([train.label_names.index(name) for name in dev.label_names])
+    if dev.task_type == TaskType.CLASSIFICATION:
+        dev.labels = remap[np.asarray(dev.labels)]
+    else:
+        dev.labels = [np.where(tags == IGNORE_INDEX, IGNORE_INDEX, remap[np.maximum(tags, 0)]) for tags in dev.labels]
+    dev.label_names, dev.num_labels = list(train.label_names), train.num_labels
+
+
+@torch.inference_mode()
+def evaluate_model(model: TaskModel, dataset: Dataset, features: Features, encoder: Encoder,
+                   options: FinetuneOptions, label_stats: tuple[float, float] | None = None) -> dict[str, float]:
+    model.eval()
+    outputs: dict[int, torch.Tensor] = {}
+    for index in length_sorted_batches(features.lengths, options.eval_max_tokens):
+        batch = collate(features, index, encoder.device, with_labels=False)
+        with encoder.autocast():
+            logits = model(batch.model_inputs()).float().cpu()
+        for row, f in enumerate(index):
+            outputs[int(f)] = logits[row, : len(features.input_ids[f])] if logits.dim() == 3 else logits[row]
+    task = dataset.task_type
+    if task == TaskType.CLASSIFICATION:
+        predictions = [int(outputs[i].argmax()) for i in range(len(features))]
+        gold = [int(y) for y in features.labels]  # type: ignore[union-attr]
+        return {"accuracy": 100 * m.accuracy(predictions, gold), "macro_f1": 100 * m.macro_f1(predictions, gold),
+                "matthews": 100 * m.matthews_corrcoef(predictions, gold)}
+    if task == TaskType.REGRESSION:
+        mean, std = label_stats or (0.0, 1.0)
+        predictions = [float(outputs[i]) * std + mean for i in range(len(features))]
+        gold = [float(ex.label) for ex in dataset.examples]  # type: ignore[union-attr]
+        return {"pearson": 100 * m.pearson(predictions, gold), "spearman": 100 * m.spearman(predictions, gold)}
+    if task == TaskType.SEQUENCE_LABELING:
+        return _tagging_scores(dataset, features, outputs, encoder)
+    return _qa_scores(dataset, features, outputs, encoder)
+
+
+def _tagging_scores(dataset: Dataset, features: Features, outputs: dict[int, torch.Tensor],
+                    encoder: Encoder) -> dict[str, float]:
+    predictions, gold = [], []
+    for i, ex in enumerate(dataset.examples):
+        assert isinstance(ex, TaggingExample)
+        first_subtokens = np.flatnonzero(np.asarray(features.labels[i]) != IGNORE_INDEX)  # type: ignore[index]
+        ids = outputs[i].argmax(-1).numpy()
+        tags = [features.label_names[int(ids[p])] for p in first_subtokens]
+        tags += ["O"] * (len(ex.tags) - len(tags))  # words cut by truncation count as predicted O
+        predictions.append(tags)
+        gold.append(list(ex.tags))
+    scores = m.entity_f1(predictions, gold)
+    return {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"],
+            "token_accuracy": m.token_accuracy(predictions, gold)}
+
+
+def _qa_scores(dataset: Dataset, features: Features, outputs: dict[int, torch.Tensor],
+               encoder: Encoder) -> dict[str, float]:
+    """Best span per question over its windows; SQuAD 2.0: answer '' when the null score wins."""
+    examples: list[QAExample] = dataset.examples  # type: ignore[assignment]
+    by_example: dict[int, list[int]] = {}
+    for f, e in enumerate(features.example_index):
+        by_example.setdefault(int(e), []).append(f)
+    assert features.offsets is not None and features.context_mask is not None
+    predictions = []
+    for e, ex in enumerate(examples):
+        best_text, best_score, null_score = "", -math.inf, math.inf
+        for f in by_example.get(e, []):
+            logits = outputs[f]
+            start, end = logits[:, 0], logits[:, 1]
+            null_score = min(null_score, float(start[0] + end[0]))
+            offsets, context_mask = features.offsets[f], torch.from_numpy(features.context_mask[f])
+            starts = torch.topk(start.masked_fill(~context_mask, -1e9), k=min(20, len(start))).indices.tolist()
+            ends = torch.topk(end.masked_fill(~context_mask, -1e9), k=min(20, len(end))).indices.tolist()
+            for s in starts:
+                for t in ends:
+                    if t < s or t - s + 1 > MAX_ANSWER_TOKENS or not context_mask[s] or not context_mask[t]:
+                        continue
+                    score = float(start[s] + end[t])
+                    if score > best_score:
+                        best_score, best_text = score, ex.context[offsets[s][0]:offsets[t][1]]
+        predictions.append("" if null_score > best_score else best_text)
+    scores = m.squad_scores(predictions, [ex.answer_texts for ex in examples])
+    return {"exact_match": scores["exact_match"], "f1": scores["f1"]}

@@ -1,0 +1,71 @@
+"""Fine-tuning on a tiny model: every task type trains and evaluates; a killed run resumes exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from embeddings.data import Dataset, TaskType, TextExample
+from embeddings.finetune import FinetuneOptions, fine_tune
+from tests.embeddings.test_embeddings import pairs, qa, tagging
+
+WORDS_POS = ["good", "great", "superb", "lovely", "fine", "excellent"]
+WORDS_NEG = ["bad", "awful", "poor", "dreadful", "terrible", "dull"]
+
+
+def sentiment(n: int, offset: int = 0) -> Dataset:
+    rows = []
+    for i in range(n):
+        positive = (i + offset) % 2 == 0
+        word = (WORDS_POS if positive else WORDS_NEG)[(i // 2 + offset) % 6]
+        rows.append(TextExample(f"the film was {word}", None, "pos" if positive else "neg"))
+    return Dataset(name="toy-sentiment", task_type=TaskType.CLASSIFICATION, examples=rows, labels=["neg", "pos"])
+
+
+def test_classification_learns_an_easy_task(tiny_encoder):
+    options = FinetuneOptions(epochs=15, batch_size=8, learning_rate=3e-3, seed=1)
+    result, model = fine_tune(sentiment(48), sentiment(24, offset=1), tiny_encoder, options)
+    assert result.main_metric == "accuracy" and result.score >= 90.0, result.history
+    assert set(result.metrics) == {"accuracy", "macro_f1", "matthews"}
+    assert result.steps == 90 and result.best_step > 0
+
+
+@pytest.mark.parametrize("make,metric", [(pairs, "spearman"), (tagging, "f1"), (qa, "f1")])
+def test_other_task_types_train_and_report_their_metrics(tiny_encoder, make, metric):
+    data = make()
+    result, _ = fine_tune(data, data, tiny_encoder, FinetuneOptions(epochs=2, batch_size=4))
+    assert result.main_metric == metric and metric in result.metrics
+    assert result.task_type == data.task_type.value and len(result.history) == 2
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(tiny_encoder, tmp_path):
+    train, dev = sentiment(32), sentiment(16, offset=1)
+    options = FinetuneOptions(epochs=3, batch_size=4, learning_rate=1e-3, checkpoint_every=5, seed=3)
+    _, reference = fine_tune(train, dev, tiny_encoder, options)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_12(done: int, total: int) -> None:
+        if done == 12:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fine_tune(train, dev, tiny_encoder, options, checkpoint_dir=tmp_path, on_progress=kill_at_step_12)
+    assert (tmp_path / "trainer.pt").is_file()
+    result, resumed = fine_tune(train, dev, tiny_encoder, options, checkpoint_dir=tmp_path)
+    assert result.resumed_from == 10 and result.steps == 24
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert not (tmp_path / "trainer.pt").exists()
+
+
+def test_encoder_weights_can_be_handed_on(tiny_encoder):
+    before = {k: v.clone() for k, v in tiny_encoder.model.state_dict().items()}
+    _, source_model = fine_tune(sentiment(16), sentiment(8, 1), tiny_encoder, FinetuneOptions(epochs=1, batch_size=8))
+    state = source_model.encoder.state_dict()
+    assert any(not torch.equal(before[k], state[k]) for k in before)  # the source changed the encoder
+    assert all(torch.equal(before[k], tiny_encoder.model.state_dict()[k]) for k in before)  # shared one untouched
+    result, target_model = fine_tune(sentiment(16), sentiment(8, 1), tiny_encoder, FinetuneOptions(epochs=1),
+                                     initial_encoder_state=state)
+    assert result.steps == 1
