@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from app.settings import Settings, get_settings
@@ -123,6 +124,71 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _source_folder(name: str, data_dir: Path) -> Path:
+    path = Path(name)
+    if path.exists():
+        return path
+    folder = data_dir / name
+    if (folder / "task.json").is_file():
+        return folder
+    raise ValueError(f"source {name!r} is neither a path nor a task folder under {data_dir} (see --data-dir)")
+
+
+def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
+    """Intermediate-task transfer, locally: each source then the target, against the no-transfer baseline."""
+    from dataclasses import replace
+
+    from embeddings.data import LoadLimits, load_dataset
+    from embeddings.encoders import load_encoder, set_threads
+    from embeddings.finetune import FinetuneOptions
+    from embeddings.transfer import TransferOptions, intermediate_transfer
+
+    set_threads(settings.torch_threads)
+    target = _load(args, settings)
+    limits = LoadLimits(max_rows=settings.max_rows, max_text_chars=settings.max_text_chars)
+    target_path = Path(args.path)
+    if args.dev:
+        dev = load_dataset(args.dev, task_type=target.task_type, limits=limits)
+    elif target_path.is_dir():
+        dev = load_dataset(target_path, split="dev", limits=limits)
+    else:
+        raise ValueError("a target file needs --dev DEV_FILE (a task folder uses its dev split)")
+    data_dir = Path(args.data_dir)
+    if args.sources:
+        names = [n.strip() for n in args.sources.split(",") if n.strip()]
+    elif args.top:
+        from app.cli_library import _service
+
+        with _service(settings) as service, progress_bar(f"ranking {target.name}") as on_progress:
+            ranking = service.rank(target, args.method, args.top, False, on_progress)
+        names = [s.name for s in ranking.sources]
+        print(f"top {args.top} by {args.method}: {', '.join(names)}")
+    else:
+        raise ValueError("give --sources a,b or --top K")
+    sources = [load_dataset(_source_folder(n, data_dir), limits=limits) for n in names]
+    mismatched = [s.name for s in sources if s.task_type != target.task_type]
+    if mismatched and not args.all_class:
+        print(f"note: {', '.join(mismatched)} differ in task type from the target; their heads are dropped anyway")
+    base = FinetuneOptions(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                           max_length=args.max_length or 128)
+    options = TransferOptions(target=base, source=replace(base, epochs=args.source_epochs),
+                              seeds=tuple(range(args.seed, args.seed + args.seeds)),
+                              source_max_rows=args.source_rows, target_max_rows=args.target_rows)
+    encoder = load_encoder(args.model or settings.model, settings.device)
+    with progress_bar(f"transfer to {target.name}") as on_progress:
+        report = intermediate_transfer(target, dev, sources, encoder, options,
+                                       cache_dir=settings.data_dir / "checkpoints", on_progress=on_progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+        return 0
+    print(f"{report.target}: {report.main_metric} on dev, {len(options.seeds)} seeds")
+    print(f"  {'no transfer (baseline)':<28} {report.baseline_mean:7.2f} ± {report.baseline_std:.2f}")
+    for outcome in sorted(report.sources, key=lambda o: -o.mean):
+        print(f"  {outcome.source:<28} {outcome.mean:7.2f} ± {outcome.std:.2f}   gain {outcome.gain:+.2f} "
+              f"({outcome.relative_gain:+.1f}%)")
+    return 0
+
+
 def worker_command(settings: Settings, queues: str, concurrency: int, name: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker", "-Q", queues,
             "-c", str(concurrency), "-P", "prefork", "--loglevel", "INFO", "-n", name, "--without-gossip",
@@ -202,6 +268,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fisher", choices=["per_example", "batch"], default="per_example")
     p.add_argument("--include-parameters", action="store_true", help="TaskEmb: also parameter Fisher")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("transfer", help="intermediate-task transfer from sources to a target, with a baseline")
+    dataset_args(p)
+    p.add_argument("--sources", help="comma-separated source task names (folders under --data-dir) or paths")
+    p.add_argument("--top", type=int, help="transfer from the library's top-K sources for the target")
+    p.add_argument("--method", default="ensemble", choices=["textemb", "semb", "taskemb", "ensemble"])
+    p.add_argument("--all-class", action="store_true")
+    p.add_argument("--dev", help="target dev file (a task folder uses its dev split)")
+    p.add_argument("--data-dir", default="../shared/data", help="where source task folders live")
+    p.add_argument("--model")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--source-epochs", type=float, default=2.0)
+    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--seeds", type=int, default=2, help="target fine-tunings per source (mean and std)")
+    p.add_argument("--source-rows", type=int, default=3000)
+    p.add_argument("--target-rows", type=int, default=1000)
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("serve", help="run the API and a worker (embedded broker and SQLite by default)")
     p.add_argument("--host")

@@ -102,13 +102,16 @@ def _label_stats(features: Features) -> tuple[float, float]:
     return float(labels.mean()), float(labels.std() or 1.0)
 
 
-def fine_tune(train: Dataset, dev: Dataset, encoder: Encoder, options: FinetuneOptions | None = None, *,
+def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: FinetuneOptions | None = None, *,
               initial_encoder_state: dict[str, torch.Tensor] | None = None,
               checkpoint_dir: str | Path | None = None, on_progress: ProgressFn = no_progress,
               ) -> tuple[FinetuneResult, TaskModel]:
-    """Train on `train`, evaluate on `dev`, keep the best evaluation's weights; returns (result, model)."""
+    """Train on `train`, evaluate on `dev`, keep the best evaluation's weights; returns (result, model).
+
+    Without `dev` (a transfer source) there is no evaluation and the final weights are kept.
+    """
     options = options or FinetuneOptions()
-    if train.task_type != dev.task_type:
+    if dev is not None and train.task_type != dev.task_type:
         raise ValueError(f"train is {train.task_type.value} but dev is {dev.task_type.value}")
     started = time.perf_counter()
     torch.manual_seed(options.seed)
@@ -117,8 +120,9 @@ def fine_tune(train: Dataset, dev: Dataset, encoder: Encoder, options: FinetuneO
     if initial_encoder_state is not None:
         body.load_state_dict(initial_encoder_state)
     train_features = tokenize(train, encoder.tokenizer, options)
-    dev_features = tokenize(dev, encoder.tokenizer, options)
-    _align_labels(train_features, dev_features)
+    dev_features = tokenize(dev, encoder.tokenizer, options) if dev is not None else None
+    if dev_features is not None:
+        _align_labels(train_features, dev_features)
     stats = None
     if train.task_type == TaskType.REGRESSION:
         stats = _label_stats(train_features)
@@ -167,7 +171,7 @@ def fine_tune(train: Dataset, dev: Dataset, encoder: Encoder, options: FinetuneO
         state["step"] += 1
         step = state["step"]
         on_progress(step, total_steps)
-        if step % eval_every == 0 or step == total_steps:
+        if dev is not None and dev_features is not None and (step % eval_every == 0 or step == total_steps):
             scores = evaluate_model(model, dev, dev_features, encoder, options, stats)
             state["history"].append({"step": step, "loss": float(loss.detach()), **scores})
             if scores[main] > state["best"]:

@@ -62,3 +62,24 @@ def test_embed_saves_vectors_and_metadata(tmp_path: Path, capsys):
     assert saved.model_name == "sentence-transformers/all-MiniLM-L6-v2"
     assert saved.options["train_steps"] == 5 and saved.dataset_hash == summary["dataset_hash"]
     assert len(saved.vectors) == 13
+
+
+def test_transfer_command_reports_baseline_and_gain(shared_data, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from app.settings import get_settings
+
+    monkeypatch.setenv("TASKRANK_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        code = main(["transfer", str(shared_data / "rte"), "--sources", "mrpc", "--data-dir", str(shared_data),
+                     "--model", str(tiny_model_dir), "--epochs", "0.2", "--source-epochs", "0.1", "--seeds", "2",
+                     "--target-rows", "40", "--source-rows", "40", "--max-length", "48", "--batch-size", "8",
+                     "--json"])
+    finally:
+        get_settings.cache_clear()
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["main_metric"] == "accuracy" and len(report["baseline_scores"]) == 2
+    [outcome] = report["sources"]
+    assert outcome["source"] == "mrpc" and len(outcome["scores"]) == 2
+    assert abs(outcome["gain"] - (outcome["mean"] - report["baseline_mean"])) < 1e-9
+    assert len(list((tmp_path / "data" / "checkpoints").glob("source-*.safetensors"))) == 1

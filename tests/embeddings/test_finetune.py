@@ -69,3 +69,24 @@ def test_encoder_weights_can_be_handed_on(tiny_encoder):
     result, target_model = fine_tune(sentiment(16), sentiment(8, 1), tiny_encoder, FinetuneOptions(epochs=1),
                                      initial_encoder_state=state)
     assert result.steps == 1
+
+
+def test_intermediate_transfer_reports_gains_and_reuses_source_checkpoints(tiny_encoder, tmp_path):
+    from embeddings.transfer import TransferOptions, intermediate_transfer
+
+    options = TransferOptions(target=FinetuneOptions(epochs=2, batch_size=8), source=FinetuneOptions(epochs=1),
+                              seeds=(1, 2))
+    source = sentiment(24, offset=3)
+    source.name = "source-a"
+    report = intermediate_transfer(sentiment(16), sentiment(8, 1), [source], tiny_encoder, options,
+                                   cache_dir=tmp_path)
+    assert len(report.baseline_scores) == 2 and report.main_metric == "accuracy"
+    [outcome] = report.sources
+    assert outcome.source == "source-a" and len(outcome.scores) == 2
+    assert outcome.gain == pytest.approx(outcome.mean - report.baseline_mean)
+    checkpoints = sorted(tmp_path.glob("source-*.safetensors"))
+    assert len(checkpoints) == 1
+    stamp = checkpoints[0].stat().st_mtime_ns
+    again = intermediate_transfer(sentiment(16), sentiment(8, 1), [source], tiny_encoder, options, cache_dir=tmp_path)
+    assert checkpoints[0].stat().st_mtime_ns == stamp  # the cached source encoder was reused, not retrained
+    assert again.sources[0].scores == outcome.scores  # same seeds, same numbers
