@@ -30,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -227,8 +228,16 @@ class JobStore:
 
     def __init__(self, url: str, *, engine: Engine | None = None) -> None:
         self.url = normalize_database_url(url)
-        connect_args = {"timeout": 30, "check_same_thread": False} if self.url.startswith("sqlite") else {}
-        self.engine = engine or create_engine(self.url, pool_pre_ping=True, connect_args=connect_args)
+        if self.url.startswith("sqlite"):
+            # A local file: no connection goes stale, so no ping per checkout (as LibraryStore), and a
+            # pool as wide as the API's thread pool, so busy moments reuse connections instead of
+            # opening (and setting up) overflow ones and closing them again.
+            options: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+            if make_url(self.url).database not in (None, "", ":memory:"):  # in-memory: a singleton pool
+                options.update(pool_size=20, max_overflow=30)
+        else:
+            options = {"pool_pre_ping": True}
+        self.engine = engine or create_engine(self.url, **options)
         if self.url.startswith("sqlite") and engine is None:
             event.listen(self.engine, "connect", sqlite_pragmas)
         Base.metadata.create_all(self.engine)
@@ -451,6 +460,15 @@ class JobStore:
         with self.session() as s:
             row = s.scalar(select(RankingRow).where(RankingRow.request_key == request_key))
             return _ranking(row) if row else None
+
+    def find_ranking_with_job(self, request_key: str) -> tuple[StoredRanking | None, Job | None]:
+        """The ranking stored under `request_key` and its job, in one transaction (the cached-answer path)."""
+        with self.session() as s:
+            row = s.scalar(select(RankingRow).where(RankingRow.request_key == request_key))
+            if row is None:
+                return None, None
+            job = s.get(JobRow, row.job_id)
+            return _ranking(row), _job(job) if job else None
 
     def get_ranking(self, ranking_id: str) -> StoredRanking | None:
         with self.session() as s:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from starlette.concurrency import run_in_threadpool
 
-from app.deps import JobsDep, Reader, SettingsDep, Writer, visible
+from app.deps import JobsDep, Reader, SettingsDep, Writer, get_services, reader, visible
 from app.schemas import ErrorResponse, JobPublic, JobStateName
 from library.jobs import Job
 
@@ -36,8 +37,13 @@ def list_jobs(jobs: JobsDep, settings: SettingsDep, owner: Reader, state: JobSta
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
-def get_job(job_id: str, jobs: JobsDep, settings: SettingsDep, owner: Reader) -> JobPublic:
-    return job_public(visible_job(jobs, settings, owner, job_id))
+async def get_job(job_id: str, request: Request) -> JobPublic:
+    # Polled by every client while its job runs: async, with the one database read as the only
+    # thread-pool hop (sync dependencies would each cost one more; see POST /rankings).
+    services = get_services(request)
+    owner = reader(request, services.settings)
+    job = await run_in_threadpool(visible_job, services.jobs, services.settings, owner, job_id)
+    return job_public(job)
 
 
 @router.delete("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})

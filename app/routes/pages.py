@@ -393,7 +393,8 @@ def library_page(request: Request, library: LibraryDep, settings: SettingsDep,
 
 # -- data endpoints --------------------------------------------------------------------------------
 
-@router.get("/library/map")
+@router.get("/library/map", responses={404: {"description": "No such ranking"},
+                                       422: {"description": "No embeddings for that method"}})
 def library_map_json(library: LibraryDep, jobs: JobsDep, settings: SettingsDep, owner: Reader,
                      method: MapMethod | None = None, ranking_id: str | None = None) -> JSONResponse:
     """2-D PCA of the library's task embeddings (one point per task), with a ranking's target when asked.
