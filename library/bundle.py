@@ -1,0 +1,333 @@
+"""Export a library to a portable directory and import it back; the shipped default library.
+
+A bundle is a directory with two files:
+
+* `manifest.json`: the tasks (metadata and provenance), for each task its embeddings (model name
+  and hash, method, component, dimension, options, and the array key in vectors.npz), the models,
+  the build options, the last build record, the exporting library's version, and the sha256 of
+  every other file of the bundle.
+* `vectors.npz`: float32 vectors keyed `task/method/component` (prefixed `m<i>/` when a library
+  holds several models).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embeddings.result import EmbeddingResult
+from library.build import library_options, taskrank_version
+from library.errors import LibraryError
+from library.store import LibraryStore
+
+BUNDLE_FORMAT = "taskrank-library"
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+VECTORS = "vectors.npz"
+
+
+def default_library_path() -> Path:
+    """The library shipped inside the package (package data `library/default/*`)."""
+    return Path(__file__).resolve().parent / "default"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _array_key(prefix: str, task: str, method: str, component: str, taken: set[str]) -> str:
+    key = f"{prefix}{task}/{method}/{component}"
+    base, n = key, 1
+    while key in taken:  # only possible with odd task names; the manifest names the key anyway
+        n += 1
+        key = f"{base}#{n}"
+    taken.add(key)
+    return key
+
+
+@dataclass
+class ExportReport:
+    path: str
+    tasks: int
+    vectors: int
+    bytes: int
+    library_version: str
+
+
+def export_library(store: LibraryStore, path: str | Path) -> ExportReport:
+    """Write the whole library to directory `path` (created; existing bundle files are overwritten)."""
+    path = Path(path)
+    tasks = store.list_tasks()
+    if not tasks:
+        raise LibraryError("the library is empty: nothing to export")
+    path.mkdir(parents=True, exist_ok=True)
+    version = store.version()
+    models = sorted({(k.model_name, k.model_hash) for k in store.keys()})
+    prefixes = {m: (f"m{i}/" if len(models) > 1 else "") for i, m in enumerate(models)}
+    arrays: dict[str, np.ndarray] = {}
+    taken: set[str] = set()
+    entries = []
+    for task in tasks:
+        embeddings = []
+        for e in store.task_embeddings(task.id):
+            key = _array_key(prefixes[(e.model_name, e.model_hash)], task.name, e.method, e.component, taken)
+            arrays[key] = e.vector.astype("<f4")
+            embeddings.append(
+                {
+                    "model_name": e.model_name,
+                    "model_hash": e.model_hash,
+                    "method": e.method,
+                    "component": e.component,
+                    "dim": int(e.vector.shape[0]),
+                    "array": key,
+                    "options": e.options,
+                }
+            )
+        entries.append(
+            {
+                "name": task.name,
+                "task_type": task.task_type,
+                "description": task.description,
+                "num_train": task.num_train,
+                "num_dev": task.num_dev,
+                "data_hash": task.data_hash,
+                "provenance": task.provenance,
+                "library_version": task.library_version,
+                "embeddings": embeddings,
+            }
+        )
+    vectors_path = path / VECTORS
+    _atomic(vectors_path, lambda fh: np.savez(fh, **arrays))
+    options = library_options(store)
+    builds = [b for b in store.builds() if b.get("kind") == "build"]
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "library_version": version,
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "taskrank_version": taskrank_version(),
+        "models": [{"name": n, "hash": h} for n, h in models],
+        "options": options.identity() if options is not None else None,
+        "build": _summarise_build(builds[-1]) if builds else None,
+        "tasks": entries,
+        "files": {VECTORS: _sha256(vectors_path)},
+    }
+    text = json.dumps(manifest, indent=1, sort_keys=False, ensure_ascii=False) + "\n"
+    _atomic(path / MANIFEST, lambda fh: fh.write(text.encode("utf-8")))
+    size = sum((path / f).stat().st_size for f in (MANIFEST, VECTORS))
+    return ExportReport(str(path), len(entries), len(arrays), size, version)
+
+
+def _summarise_build(build: dict[str, Any]) -> dict[str, Any]:
+    """The build record without the data_dir (a path on the builder's machine)."""
+    return {k: v for k, v in build.items() if k not in ("data_dir", "id")}
+
+
+def _atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -------------------------------------------------------------------------------------------------
+# Import
+# -------------------------------------------------------------------------------------------------
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The bundle's manifest, checked for format and file checksums."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LibraryError(f"{path} is not a library bundle: no {MANIFEST}") from None
+    except (OSError, ValueError) as exc:
+        raise LibraryError(f"cannot read {manifest_path}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise LibraryError(f"{manifest_path} is not a taskrank library manifest")
+    if manifest.get("format_version") != BUNDLE_VERSION:
+        raise LibraryError(
+            f"{manifest_path} has bundle format {manifest.get('format_version')!r}; this taskrank reads {BUNDLE_VERSION}"
+        )
+    for name, expected in (manifest.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            raise LibraryError(f"bundle {path} is missing {name}")
+        if _sha256(file) != expected:
+            raise LibraryError(
+                f"bundle file {file} does not match its sha256 in {MANIFEST} (corrupt or edited)"
+            )
+    if VECTORS not in (manifest.get("files") or {}):
+        raise LibraryError(f"{manifest_path} lists no {VECTORS}")
+    return manifest
+
+
+@dataclass
+class ImportReport:
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    library_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _results(task: dict[str, Any], arrays: Any) -> Iterator[EmbeddingResult]:
+    """The task's vectors as one EmbeddingResult per (model, method), ready for `add_embedding`."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for e in task["embeddings"]:
+        groups.setdefault((e["model_name"], e["model_hash"], e["method"]), []).append(e)
+    for (model_name, model_hash, method), entries in groups.items():
+        vectors = {}
+        for e in entries:
+            if e["array"] not in arrays:
+                raise LibraryError(f"bundle has no array {e['array']!r} (task {task['name']})")
+            vec = np.asarray(arrays[e["array"]], dtype=np.float32)
+            if vec.shape != (int(e["dim"]),):
+                raise LibraryError(f"array {e['array']!r} has shape {vec.shape}, manifest says ({e['dim']},)")
+            vectors[e["component"]] = vec
+        yield EmbeddingResult(
+            method=method,
+            vectors=vectors,
+            model_name=model_name,
+            model_hash=model_hash,
+            dataset_name=task["name"],
+            dataset_hash=task["data_hash"],
+            task_type=task["task_type"],
+            num_examples=0,
+            num_features=0,
+            num_tokens=0,
+            options=entries[0].get("options") or {},
+        )
+
+
+def _same(existing: Any, task: dict[str, Any], store: LibraryStore) -> bool:
+    """Is the stored task the bundle's task (same data, same vectors)?"""
+    if existing.data_hash != task["data_hash"] or existing.task_type != task["task_type"]:
+        return False
+    stored = {(e.model_name, e.model_hash, e.method, e.component) for e in store.task_embeddings(existing.id)}
+    wanted = {(e["model_name"], e["model_hash"], e["method"], e["component"]) for e in task["embeddings"]}
+    return stored == wanted
+
+
+def import_library(store: LibraryStore, path: str | Path, replace: bool = False) -> ImportReport:
+    """Add every task of the bundle at `path` to the store.
+
+    A task already in the store with the same data and embedding keys is skipped; one that differs is
+    an error unless `replace`, which replaces it. Conflicts are checked before anything is written.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    tasks = manifest.get("tasks") or []
+    if not tasks:
+        raise LibraryError(f"bundle {path} has no tasks")
+    plan: list[tuple[dict[str, Any], str]] = []
+    conflicts = []
+    for task in tasks:
+        existing = store.get_task(task["name"])
+        if existing is None:
+            plan.append((task, "add"))
+        elif _same(existing, task, store):
+            plan.append((task, "skip"))
+        elif replace:
+            plan.append((task, "replace"))
+        else:
+            conflicts.append(task["name"])
+    if conflicts:
+        raise LibraryError(
+            f"the library already has different task(s) {', '.join(conflicts)}: remove them or import with --replace"
+        )
+    replaced_names = {t["name"] for t, action in plan if action == "replace"}
+    library = {(k.model_name, k.method, k.component): k.model_hash for k in store.keys()}
+    if not replaced_names:
+        for task in tasks:
+            for e in task["embeddings"]:
+                have = library.get((e["model_name"], e["method"], e["component"]))
+                if have is not None and have != e["model_hash"]:
+                    raise LibraryError(
+                        f"the library has {e['model_name']} embeddings with hash {have}, the bundle has "
+                        f"{e['model_hash']}: import into an empty library or with --replace"
+                    )
+    report = ImportReport()
+    with np.load(path / VECTORS, allow_pickle=False) as arrays:
+        for task, action in plan:
+            name = task["name"]
+            if action == "skip":
+                report.skipped.append(name)
+                continue
+            results = list(_results(task, arrays))
+            if action == "replace":
+                store.remove_task(name)
+            try:
+                added = store.add_task(
+                    name,
+                    task["task_type"],
+                    num_train=int(task["num_train"]),
+                    num_dev=task.get("num_dev"),
+                    data_hash=task["data_hash"],
+                    description=task.get("description", ""),
+                    provenance=task.get("provenance") or {},
+                )
+            except LibraryError:
+                # Another process imported the same task meanwhile (e.g. two first runs at once).
+                existing = store.get_task(name)
+                if existing is not None and _same(existing, task, store):
+                    report.skipped.append(name)
+                    continue
+                raise
+            try:
+                for result in results:
+                    store.add_embedding(added.id, result)
+            except BaseException:
+                store.remove_task(added.id)
+                raise
+            (report.replaced if action == "replace" else report.added).append(name)
+    report.library_version = store.version()
+    if report.added or report.replaced:
+        store.record_build(
+            {
+                "kind": "import",
+                "source": str(path),
+                "bundle_library_version": manifest.get("library_version"),
+                "options": manifest.get("options"),
+                "build": manifest.get("build"),
+                "added": report.added,
+                "replaced": report.replaced,
+                "skipped": report.skipped,
+                "library_version": report.library_version,
+                "taskrank_version": taskrank_version(),
+            }
+        )
+    return report
+
+
+def ensure_default_library(store: LibraryStore, path: str | Path | None = None) -> ImportReport | None:
+    """Import the shipped default library into an EMPTY store; None when the store has tasks or none ships."""
+    if store.list_tasks():
+        return None
+    path = Path(path) if path is not None else default_library_path()
+    if not (path / MANIFEST).is_file():
+        return None
+    return import_library(store, path)

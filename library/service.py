@@ -1,0 +1,161 @@
+"""A small facade over the library for the CLI (and later the web service).
+
+`LibraryService` opens the store and its indexes from settings, imports the shipped default library
+into an empty store on first use, loads the encoder lazily, and evaluates rankings against a
+transfer table using the stored embeddings of the table's targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embeddings.data import Dataset
+from embeddings.encoders import Encoder
+from embeddings.options import ProgressFn, no_progress
+from embeddings.result import EmbeddingResult
+from library.build import rank_dataset
+from library.bundle import ImportReport, ensure_default_library
+from library.errors import LibraryError
+from library.evaluation import TransferTable, evaluate
+from library.ranking import ENSEMBLE_PARTS, RANK_METHODS, Ranking, SourceLibrary
+from library.store import LibraryStore, SourceTask
+
+
+@dataclass
+class LibraryService:
+    store: LibraryStore
+    index_dir: Path
+    model: str = "default"
+    device: str = "auto"
+    token_budget: int = 0
+    default_import: ImportReport | None = None
+    _library: SourceLibrary | None = field(default=None, repr=False)
+    _encoder: Encoder | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Any, ensure_default: bool = True) -> LibraryService:
+        """Store at `settings.resolved_database_url`, indexes under `settings.data_dir / "indexes"`."""
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        store = LibraryStore(settings.resolved_database_url)
+        service = cls(
+            store=store,
+            index_dir=Path(settings.data_dir) / "indexes",
+            model=settings.model,
+            device=settings.device,
+            token_budget=settings.max_tokens_per_batch,
+        )
+        if ensure_default:
+            service.default_import = ensure_default_library(store)
+        return service
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> LibraryService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def library(self) -> SourceLibrary:
+        if self._library is None:
+            self._library = SourceLibrary(self.store, self.index_dir)
+        return self._library
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            from embeddings.encoders import load_encoder
+
+            self._encoder = load_encoder(self.model, self.device)
+        return self._encoder
+
+    def rank(
+        self,
+        dataset: Dataset,
+        method: str = "ensemble",
+        top_k: int = 10,
+        all_class: bool = False,
+        on_progress: ProgressFn = no_progress,
+    ) -> Ranking:
+        return rank_dataset(
+            dataset, self.library, self.encoder, method, top_k, all_class, on_progress, self.token_budget
+        )
+
+    def evaluate(
+        self, table: TransferTable, methods: Sequence[str] = RANK_METHODS, **kwargs: Any
+    ) -> dict[str, Any]:
+        return evaluate_transfer_table(self.library, table, methods, **kwargs)
+
+
+def stored_targets(store: LibraryStore, task: SourceTask) -> dict[str, EmbeddingResult]:
+    """A library task's stored embeddings as ranking targets (method -> EmbeddingResult)."""
+    by_method: dict[str, dict[str, Any]] = {}
+    for e in store.task_embeddings(task.id):
+        entry = by_method.setdefault(
+            e.method, {"model_name": e.model_name, "model_hash": e.model_hash, "vectors": {}}
+        )
+        if (entry["model_name"], entry["model_hash"]) == (e.model_name, e.model_hash):
+            entry["vectors"][e.component] = e.vector
+    return {
+        method: EmbeddingResult(
+            method=method,
+            vectors=entry["vectors"],
+            model_name=entry["model_name"],
+            model_hash=entry["model_hash"],
+            dataset_name=task.name,
+            dataset_hash=task.data_hash,
+            task_type=task.task_type,
+            num_examples=0,
+            num_features=0,
+            num_tokens=0,
+        )
+        for method, entry in by_method.items()
+    }
+
+
+def evaluate_transfer_table(
+    library: SourceLibrary,
+    table: TransferTable,
+    methods: Sequence[str] = RANK_METHODS,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Rank, for every target of the table, the sources measured for it, with each method; then score.
+
+    Targets must be library tasks (their stored embeddings are the query). All classes are ranked
+    (the table decides which sources count); the target itself is excluded by its data hash. Measured
+    sources that are not in the library count as ranked last (see `library.evaluation`); they are
+    listed under "missing_sources". Adds the random and DataSize (num_train) baselines.
+    """
+    store = library.store
+    tasks = {t.name: t for t in store.list_tasks()}
+    unknown = [t for t in table.targets() if t not in tasks]
+    if unknown:
+        raise LibraryError(
+            f"target(s) {', '.join(unknown)} of the transfer table are not library tasks: "
+            "add them with `taskrank library add` first"
+        )
+    rankings: dict[str, dict[str, list[str]]] = {m: {} for m in methods}
+    missing: dict[str, list[str]] = {}
+    for target in table.targets():
+        stored = stored_targets(store, tasks[target])
+        for method in methods:
+            needed = ENSEMBLE_PARTS if method == "ensemble" else (method,)
+            if any(m not in stored for m in needed):
+                raise LibraryError(f"library task {target!r} has no {', '.join(needed)} embeddings")
+            ranking = library.rank(
+                {m: stored[m] for m in needed}, method, top_k=max(len(tasks), 1), all_class=True
+            )
+            rankings[method][target] = ranking.names()
+        gone = [s for s in table.sources(target) if s not in tasks]
+        if gone:
+            missing[target] = gone
+    sizes: Mapping[str, int] = {name: t.num_train for name, t in tasks.items()}
+    result = evaluate(table, rankings, source_sizes=sizes, **kwargs)
+    result["missing_sources"] = missing
+    result["library_version"] = store.version()
+    return result

@@ -1,0 +1,97 @@
+"""Ranking against the SHIPPED default library with the real encoder (integration: real model, real data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from embeddings.data import load_dataset
+from embeddings.encoders import Encoder, load_encoder
+from library.build import library_options, rank_dataset
+from library.bundle import MANIFEST, default_library_path, ensure_default_library
+from library.ranking import SourceLibrary
+from library.store import LibraryStore
+
+pytestmark = pytest.mark.integration
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+NLI = {"rte", "mnli", "snli", "qnli", "wnli"}
+
+
+@pytest.fixture(scope="module")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared task data not found at {SHARED_DATA.resolve()} (expected ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory):
+    if not (default_library_path() / MANIFEST).is_file():
+        pytest.skip(f"no default library shipped at {default_library_path()}")
+    root = tmp_path_factory.mktemp("real")
+    store = LibraryStore.from_data_dir(root)
+    assert ensure_default_library(store) is not None
+    yield SourceLibrary(store, root / "indexes")
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return load_encoder("default", "cpu")
+
+
+def _slice(shared_data: Path, name: str, rows: int = 200):
+    return load_dataset(shared_data / name).subsample(rows, seed=7)
+
+
+def test_default_library_matches_the_encoder(library: SourceLibrary, encoder: Encoder) -> None:
+    keys = library.store.keys()
+    assert {k.model_name for k in keys} == {encoder.name}
+    assert {k.model_hash for k in keys} == {encoder.weights_hash}
+    assert library_options(library.store).max_rows == 1000
+
+
+def test_textemb_ranks_nli_tasks_above_tagging_tasks(library, encoder, shared_data) -> None:
+    target = _slice(shared_data, "mnli")
+    ranking = rank_dataset(target, library, encoder, "textemb", top_k=100, all_class=True)
+    ranks = {s.name: s.rank for s in ranking.sources}
+    assert len(ranks) == 30  # a 200-row slice is not the library's mnli: nothing excluded
+    tagging = {s.name for s in ranking.sources if s.task_type == "sequence_labeling"}
+    assert len(tagging) == 8
+    worst_nli = max(ranks[n] for n in NLI - {"mnli"})
+    best_tagging = min(ranks[t] for t in tagging)
+    assert worst_nli < best_tagging, ranking.names()
+
+
+def test_in_class_mode_returns_only_the_targets_type(library, encoder, shared_data) -> None:
+    target = _slice(shared_data, "conll2003_ner")
+    ranking = rank_dataset(target, library, encoder, "semb", top_k=100)
+    assert ranking.target.task_type == "sequence_labeling"
+    assert {s.task_type for s in ranking.sources} == {"sequence_labeling"}
+    assert len(ranking.sources) == 8
+
+
+def test_the_targets_own_task_is_excluded_by_its_full_data_hash(library, encoder, shared_data) -> None:
+    full = load_dataset(shared_data / "rte")
+    assert library.store.get_task("rte").data_hash == full.content_hash
+    ranking = rank_dataset(full, library, encoder, "textemb", top_k=100, all_class=True)
+    assert "rte" not in ranking.names() and len(ranking.sources) == 29
+    sliced = rank_dataset(_slice(shared_data, "rte"), library, encoder, "textemb", top_k=100, all_class=True)
+    assert "rte" in sliced.names()[:5]  # other data of the same task is not excluded, and ranks high
+
+
+def test_taskemb_explanation_has_one_rank_per_component(library, encoder, shared_data) -> None:
+    target = _slice(shared_data, "sst2")
+    ranking = rank_dataset(target, library, encoder, "taskemb", top_k=5)
+    components = {
+        k.component for k in library.store.keys() if k.method == "taskemb" and k.model_name == encoder.name
+    }
+    assert len(components) == 13  # cls_output + 6 layers x (attention_output, output)
+    assert len(ranking.sources) == 5
+    for source in ranking.sources:
+        assert set(source.details) == components
+        assert all(1 <= d["rank"] <= 19 for d in source.details.values())  # 19 classification sources
+    json.dumps(ranking.to_dict())
