@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import deps
-from app.routes import datasets, health, jobs, library, pages, rankings
+from app.routes import datasets, health, jobs, library, pages, rankings, transfer_pages, transfers
 from app.settings import Settings, get_settings
 from library.errors import LibraryError
 from library.jobs import JobStore
@@ -137,7 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         common[401] = {"model": ErrorResponse, "description": "Missing or invalid API key"}
     app = FastAPI(title="taskrank", version="0.1.0", lifespan=lifespan, responses=common,
                   description="Rank source tasks for your NLP dataset (TextEmb, SEmb, TaskEmb) and run transfers.")
-    for router in (pages.router, datasets.router, rankings.router, jobs.router, library.router, health.router):
+    for router in (pages.router, transfer_pages.router, datasets.router, rankings.router, transfers.router,
+                   jobs.router, library.router, health.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)

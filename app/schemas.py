@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TaskTypeName = Literal["classification", "regression", "question_answering", "sequence_labeling"]
 RankMethod = Literal["textemb", "semb", "taskemb", "ensemble"]
@@ -127,3 +127,95 @@ class Health(BaseModel):
     workers: int
     library_tasks: int | None
     library_version: str | None
+
+
+TransferMethod = Literal["intermediate"]
+
+
+class TransferOptionsIn(BaseModel):
+    """The knobs of a transfer run: a subset of FinetuneOptions, with defaults small enough for a CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: float = Field(1.0, gt=0, le=20, description="Passes over the target's training rows.")
+    source_epochs: float | None = Field(None, gt=0, le=20,
+                                        description="Passes over a source's rows (default: epochs).")
+    learning_rate: float = Field(5e-5, gt=0, le=0.01, description="Peak AdamW learning rate.")
+    batch_size: int = Field(16, ge=1, le=256, description="Rows per optimiser step.")
+    max_length: int = Field(128, ge=8, le=512, description="Truncation length in tokens.")
+    source_max_rows: int = Field(1000, ge=2, le=200_000, description="A source is subsampled to this many rows.")
+    target_max_rows: int = Field(1000, ge=2, le=200_000, description="The target's training rows are capped here.")
+    dev_max_rows: int = Field(1000, ge=1, le=200_000, description="Dev rows evaluated (subsampled beyond this).")
+    data_seed: int = Field(13, ge=0, le=2**31 - 1, description="Seeds the dev hold-out and the subsamples.")
+
+
+class TransferFromRanking(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ranking_id: str = Field(..., min_length=1, max_length=64)
+    top_k: int | None = Field(None, ge=1, le=20, description="The ranking's first k sources (default: all it has).")
+
+
+class TransferCreate(BaseModel):
+    """Give `sources` (library task names or uploaded dataset ids) or `from_ranking`, not both."""
+
+    model_config = ConfigDict(extra="forbid")
+    target_dataset_id: str = Field(..., min_length=1, max_length=64)
+    dev_dataset_id: str | None = Field(None, min_length=1, max_length=64,
+                                       description="Dev data; default: a deterministic 20% of the target held out.")
+    sources: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=1, max_length=20, description="Library task names or uploaded dataset ids.")
+    from_ranking: TransferFromRanking | None = None
+    method: TransferMethod = "intermediate"
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field([13, 14], min_length=1, max_length=10)
+    options: TransferOptionsIn = Field(default_factory=TransferOptionsIn)
+
+    @model_validator(mode="after")
+    def _one_way_to_pick_sources(self) -> TransferCreate:
+        if (self.sources is None) == (self.from_ranking is None):
+            raise ValueError("give either sources or from_ranking, not both and not neither")
+        if self.sources is not None and len(set(self.sources)) != len(self.sources):
+            raise ValueError("sources must not repeat")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must not repeat")
+        return self
+
+
+class TransferRunPublic(BaseModel):
+    """One job of a batch (the baseline, or a source then the target) and its scores over the seeds."""
+
+    job_id: str | None
+    state: JobStateName
+    stage: str
+    progress: float = Field(..., description="Percent done, 0-100.")
+    eta_seconds: float | None
+    error: str | None
+    scores: list[float] | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+class TransferSourcePublic(TransferRunPublic):
+    key: str = Field(..., description="As requested: a library task name or an uploaded dataset id.")
+    name: str
+    kind: Literal["library", "dataset"]
+    task_type: str | None
+    rank: int | None = Field(None, description="The source's rank in the recommendation (from_ranking).")
+    gain: float | None = Field(None, description="Mean minus the baseline mean, in the metric's points.")
+    relative_gain: float | None = Field(None, description="The gain in percent of the baseline mean.")
+    checkpoint_reused: bool | None = None
+
+
+class TransferPublic(BaseModel):
+    id: str
+    target_dataset_id: str
+    dev_dataset_id: str | None
+    ranking_id: str | None
+    method: TransferMethod
+    seeds: list[int]
+    options: dict[str, Any]
+    state: JobStateName
+    progress: float = Field(..., description="Percent done over all the batch's jobs, 0-100.")
+    main_metric: str | None
+    baseline: TransferRunPublic
+    sources: list[TransferSourcePublic]
+    job_ids: list[str]
+    created_at: datetime

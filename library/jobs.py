@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    bindparam,
     create_engine,
     event,
     func,
@@ -30,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Row, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -129,6 +130,24 @@ class WorkerRow(Base):
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class TransferBatchRow(Base):
+    """A transfer batch: one target, its sources and seeds; its jobs (baseline + one per source) by id."""
+
+    __tablename__ = "transfer_batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    target_dataset_id: Mapped[str] = mapped_column(String(32), index=True)
+    dev_dataset_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    method: Mapped[str] = mapped_column(String(32))
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(_JSON, default=list)
+    seeds: Mapped[list[int]] = mapped_column(_JSON, default=list)
+    options: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
+    job_ids: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)  # {"baseline": id, "sources": {key: id}}
+    ranking_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
@@ -196,6 +215,28 @@ class StoredRanking:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class StoredTransferBatch:
+    id: str
+    target_dataset_id: str
+    dev_dataset_id: str | None
+    method: str
+    sources: list[dict[str, Any]]
+    seeds: list[int]
+    options: dict[str, Any]
+    job_ids: dict[str, Any]
+    ranking_id: str | None
+    owner: str | None
+    created_at: datetime
+
+    @property
+    def all_job_ids(self) -> list[str]:
+        """The baseline's job first, then the sources' in the batch's order."""
+        by_source = self.job_ids.get("sources") or {}
+        ids = [self.job_ids.get("baseline")] + [by_source.get(s["key"]) for s in self.sources]
+        return [i for i in ids if i]
+
+
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -221,6 +262,20 @@ def _ranking(row: RankingRow) -> StoredRanking:
     return StoredRanking(id=row.id, request_key=row.request_key, dataset_id=row.dataset_id, job_id=row.job_id,
                          method=row.method, top_k=row.top_k, all_class=row.all_class, result=row.result,
                          owner=row.owner, created_at=_aware(row.created_at))
+
+
+def _transfer_batch(row: TransferBatchRow) -> StoredTransferBatch:
+    return StoredTransferBatch(id=row.id, target_dataset_id=row.target_dataset_id,
+                               dev_dataset_id=row.dev_dataset_id, method=row.method, sources=list(row.sources or []), seeds=list(row.seeds or []),
+                               options=dict(row.options or {}), job_ids=dict(row.job_ids or {}),
+                               ranking_id=row.ranking_id, owner=row.owner, created_at=_aware(row.created_at))
+
+
+# The hot reads (a job polled, a ranking answered from the store), prebuilt: building and cache-keying
+# a select, and the ORM's identity-map load, cost several times the query itself.
+_JOB_BY_ID = select(JobRow.__table__).where(JobRow.__table__.c.id == bindparam("key"))
+_DATASET_BY_ID = select(DatasetRow.__table__).where(DatasetRow.__table__.c.id == bindparam("key"))
+_RANKING_BY_KEY = select(RankingRow.__table__).where(RankingRow.__table__.c.request_key == bindparam("key"))
 
 
 class JobStore:
@@ -251,6 +306,11 @@ class JobStore:
         with self._session.begin() as session:
             yield session
 
+    def _read_one(self, statement: Any, key: str) -> Row[Any] | None:
+        """One row by a prebuilt statement on a plain connection (no ORM session): see `_JOB_BY_ID`."""
+        with self.engine.connect() as conn:
+            return conn.execute(statement, {"key": key}).first()
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
@@ -264,9 +324,8 @@ class JobStore:
             return _dataset(row)
 
     def get_dataset(self, dataset_id: str) -> StoredDataset | None:
-        with self.session() as s:
-            row = s.get(DatasetRow, dataset_id)
-            return _dataset(row) if row else None
+        row = self._read_one(_DATASET_BY_ID, dataset_id)
+        return _dataset(row) if row else None  # type: ignore[arg-type]  # a Row has the same attributes
 
     def list_datasets(self, owner: str | None = None, limit: int = 100) -> list[StoredDataset]:
         with self.session() as s:
@@ -298,9 +357,8 @@ class JobStore:
             return _job(row)
 
     def get_job(self, job_id: str) -> Job | None:
-        with self.session() as s:
-            row = s.get(JobRow, job_id)
-            return _job(row) if row else None
+        row = self._read_one(_JOB_BY_ID, job_id)
+        return _job(row) if row else None  # type: ignore[arg-type]
 
     def list_jobs(self, *, state: str | None = None, owner: str | None = None, limit: int = 50) -> list[Job]:
         with self.session() as s:
@@ -462,13 +520,13 @@ class JobStore:
             return _ranking(row) if row else None
 
     def find_ranking_with_job(self, request_key: str) -> tuple[StoredRanking | None, Job | None]:
-        """The ranking stored under `request_key` and its job, in one transaction (the cached-answer path)."""
-        with self.session() as s:
-            row = s.scalar(select(RankingRow).where(RankingRow.request_key == request_key))
+        """The ranking stored under `request_key` and its job, on one connection (the cached-answer path)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_RANKING_BY_KEY, {"key": request_key}).first()
             if row is None:
                 return None, None
-            job = s.get(JobRow, row.job_id)
-            return _ranking(row), _job(job) if job else None
+            job = conn.execute(_JOB_BY_ID, {"key": row.job_id}).first()
+        return _ranking(row), _job(job) if job else None  # type: ignore[arg-type]
 
     def get_ranking(self, ranking_id: str) -> StoredRanking | None:
         with self.session() as s:
@@ -497,3 +555,54 @@ class JobStore:
     def set_ranking_result(self, ranking_id: str, result: dict[str, Any]) -> None:
         with self.session() as s:
             s.execute(update(RankingRow).where(RankingRow.id == ranking_id).values(result=result))
+
+
+    # transfer batches ---------------------------------------------------------------------
+    def create_transfer_batch(self, *, target_dataset_id: str, dev_dataset_id: str | None, method: str,
+                              sources: list[dict[str, Any]], seeds: list[int], options: dict[str, Any],
+                              job_params: list[dict[str, Any]], kind: str = "transfer", queue: str = "train",
+                              ranking_id: str | None = None, owner: str | None = None
+                              ) -> tuple[StoredTransferBatch, list[Job]]:
+        """The batch and its jobs in one transaction; every job's params get the batch id.
+
+        `job_params`: one dict per job, with `role` ("baseline" or "source") and `source` (the source's key,
+        as in `sources`, or None for the baseline).
+        """
+        batch_id = new_id()
+        with self.session() as s:
+            rows = [JobRow(kind=kind, params={**params, "batch_id": batch_id}, dataset_id=target_dataset_id,
+                           queue=queue, owner=owner) for params in job_params]
+            s.add_all(rows)
+            s.flush()
+            job_ids: dict[str, Any] = {"baseline": None, "sources": {}}
+            for row in rows:
+                if row.params.get("role") == "baseline":
+                    job_ids["baseline"] = row.id
+                else:
+                    job_ids["sources"][row.params["source"]] = row.id
+            batch = TransferBatchRow(id=batch_id, target_dataset_id=target_dataset_id,
+                                     dev_dataset_id=dev_dataset_id, method=method, sources=sources, seeds=seeds, options=options, job_ids=job_ids,
+                                     ranking_id=ranking_id, owner=owner)
+            s.add(batch)
+            s.flush()
+            return _transfer_batch(batch), [_job(r) for r in rows]
+
+    def get_transfer_batch(self, batch_id: str) -> StoredTransferBatch | None:
+        with self.session() as s:
+            row = s.get(TransferBatchRow, batch_id)
+            return _transfer_batch(row) if row else None
+
+    def list_transfer_batches(self, owner: str | None = None, limit: int = 50) -> list[StoredTransferBatch]:
+        with self.session() as s:
+            query = select(TransferBatchRow).order_by(TransferBatchRow.created_at.desc()).limit(limit)
+            if owner is not None:
+                query = query.where(TransferBatchRow.owner == owner)
+            return [_transfer_batch(r) for r in s.scalars(query)]
+
+    def transfer_batch_jobs(self, batch: StoredTransferBatch) -> dict[str, Job]:
+        """The batch's jobs by id, in one query."""
+        ids = batch.all_job_ids
+        if not ids:
+            return {}
+        with self.session() as s:
+            return {r.id: _job(r) for r in s.scalars(select(JobRow).where(JobRow.id.in_(ids)))}

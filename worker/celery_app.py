@@ -7,7 +7,8 @@ from kombu import Queue
 
 from app.settings import Settings, get_settings
 
-TASK_NAMES = {"rank": "taskrank.embed.rank", "add_source": "taskrank.embed.add_source"}
+TASK_NAMES = {"rank": "taskrank.embed.rank", "add_source": "taskrank.embed.add_source",
+              "transfer": "taskrank.train.transfer"}
 EMBED_QUEUE = "embed"
 TRAIN_QUEUE = "train"
 
@@ -28,7 +29,8 @@ def make_celery(settings: Settings) -> Celery:
         task_time_limit=settings.job_time_limit,
         task_default_queue=EMBED_QUEUE,
         task_queues=(Queue(EMBED_QUEUE), Queue(TRAIN_QUEUE)),
-        task_routes={"taskrank.train.*": {"queue": TRAIN_QUEUE}},
+        task_routes={"taskrank.train.*": {"queue": TRAIN_QUEUE},
+                     "taskrank.train.transfer": {"queue": TRAIN_QUEUE}},
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

@@ -150,6 +150,116 @@ def run_add_source(job_id: str, store: JobStore, service: LibraryService, settin
         store.succeed_job(job_id, {"task_id": task.id, "name": task.name, "seconds": report.seconds})
 
 
+def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings: Settings) -> None:
+    """One job of a transfer batch: the no-transfer baseline, or one source then the target, for every seed.
+
+    The target's dev data is the batch's dev dataset, or a deterministic 20% of the target held out
+    (stratified by label for classification), the same in every job of the batch. A source's
+    fine-tuned encoder comes from the checkpoint cache (data_dir/checkpoints, keyed by source data
+    hash, model and options), so batches sharing a source train it once.
+    """
+    import math
+    import random
+    import shutil
+    import statistics
+    from dataclasses import replace
+
+    from embeddings.data import TaskType
+    from embeddings.finetune import FinetuneOptions, fine_tune
+    from embeddings.transfer import TransferOptions, source_checkpoint_key, source_encoder_state
+
+    job = store.start_job(job_id, settings.job_stale_after)
+    if job is None:
+        return
+    progress = JobProgress(store, job_id, stage="loading data")
+    with _outcome(store, job_id):
+        params = job.params
+        batch = store.get_transfer_batch(params["batch_id"])
+        if batch is None:
+            raise LibraryError(f"transfer batch {params['batch_id']} was deleted")
+
+        def stored(dataset_id: str, what: str) -> Dataset:
+            record = store.get_dataset(dataset_id)
+            if record is None:
+                raise LibraryError(f"the {what} dataset {dataset_id} was deleted")
+            return load_stored_dataset(settings, record)
+
+        opts = batch.options
+        base = FinetuneOptions(epochs=opts["epochs"], learning_rate=opts["learning_rate"],
+                               batch_size=opts["batch_size"], max_length=opts["max_length"])
+        source_options = replace(base, epochs=opts.get("source_epochs") or base.epochs)
+        options = TransferOptions(target=base, source=source_options,
+                                  seeds=tuple(params["seeds"]), source_max_rows=opts["source_max_rows"],
+                                  target_max_rows=opts["target_max_rows"], data_seed=opts["data_seed"])
+        target = stored(batch.target_dataset_id, "target")
+        if batch.dev_dataset_id:
+            train, dev = target, stored(batch.dev_dataset_id, "dev")
+        else:  # hold out 20%: per label for classification, so every dev label is seen in training
+            rng = random.Random(options.data_seed)
+            groups: dict[Any, list[int]] = {}
+            for i, example in enumerate(target.examples):
+                key = getattr(example, "label", None) if target.task_type == TaskType.CLASSIFICATION else None
+                groups.setdefault(key, []).append(i)
+            held: set[int] = set()
+            for members in groups.values():
+                held.update(rng.sample(members, round(0.2 * len(members)) if len(members) > 1 else 0))
+            if not held or len(held) == len(target):
+                raise ValueError(f"the target has {len(target)} rows: too few to hold out a dev split "
+                                 "(upload more, or give dev_dataset_id)")
+            kept = [e for i, e in enumerate(target.examples) if i not in held]
+            train = Dataset(target.name, target.task_type, kept, list(target.labels), target.source)
+            dev = Dataset(target.name, target.task_type, [target.examples[i] for i in sorted(held)],
+                          list(target.labels), target.source)
+        train = train.subsample(options.target_max_rows, options.data_seed)
+        dev = dev.subsample(opts["dev_max_rows"], options.data_seed)
+        encoder = service.encoder
+        seeds = list(options.seeds)
+        is_source = params["role"] == "source"
+        phases, scale = len(seeds) + int(is_source), 1000
+
+        def phase(index: int, stage: str) -> Any:
+            progress.stage = stage
+
+            def report(done: int, total: int) -> None:
+                progress(index * scale + min(scale, round(scale * done / max(1, total))), phases * scale)
+            return report
+
+        phase(0, "loading data")(0, 1)
+        initial_state, extra = None, {}
+        if is_source:
+            if params.get("source_dataset_id"):
+                source = stored(params["source_dataset_id"], "source")
+            else:  # an operator's task folder: trusted, so no upload row cap
+                limits = LoadLimits(max_rows=10**9, max_text_chars=settings.max_text_chars)
+                source = load_dataset(Path(params["source_path"]), limits=limits)
+            cache = settings.data_dir / "checkpoints"
+            reused = (cache / f"source-{source_checkpoint_key(source, encoder, options)}.safetensors").is_file()
+            on_source = phase(0, f"fine-tuning on {params['source_name']}")
+            initial_state, path = source_encoder_state(source, encoder, options, cache, on_progress=on_source)
+            extra = {"source_checkpoint": path.name, "checkpoint_reused": reused,
+                     "source_rows": min(len(source), options.source_max_rows),
+                     "source_task_type": source.task_type.value}
+        run_dir = settings.data_dir / "transfer_runs" / job_id
+        runs = []
+        for i, seed in enumerate(seeds):
+            on_target = phase(int(is_source) + i, f"target, seed {seed} ({i + 1}/{len(seeds)})")
+            result, _ = fine_tune(train, dev, encoder, replace(options.target, seed=seed),
+                                  initial_encoder_state=initial_state, checkpoint_dir=run_dir / f"seed-{seed}",
+                                  on_progress=on_target)
+            if not math.isfinite(result.score) or not all(math.isfinite(v) for v in result.metrics.values()):
+                raise ValueError(f"seed {seed}: the dev {result.main_metric} is undefined (training diverged?)")
+            runs.append({"seed": seed, **result.to_dict()})
+        shutil.rmtree(run_dir, ignore_errors=True)
+        scores = [float(r["score"]) for r in runs]
+        store.succeed_job(job_id, {
+            "batch_id": batch.id, "role": params["role"], "source": params.get("source"),
+            "main_metric": runs[0]["main_metric"], "scores": scores, "mean": statistics.fmean(scores),
+            "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "train_rows": len(train),
+            "dev_rows": len(dev), **extra,
+            "runs": [{k: r[k] for k in ("seed", "score", "metrics", "best_step", "steps", "seconds")}
+                     for r in runs]})
+
+
 class _outcome:
     """Bad data and library errors fail the job with their message; cancellation marks it cancelled.
 

@@ -64,6 +64,12 @@ def add_source_task(job_id: str) -> None:
     _run(runner.run_add_source, job_id)
 
 
+@celery_app.task(name="taskrank.train.transfer", **RETRY)
+def transfer_task(job_id: str) -> None:
+    """One job of a transfer batch (fine-tuning: the `train` queue)."""
+    _run(runner.run_transfer, job_id)
+
+
 
 
 def _heartbeat_loop(name: str, queues: str, interval: float = 10.0) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+import time
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import JobsDep, Reader, SettingsDep, Writer, get_services, reader, visible
@@ -22,6 +24,11 @@ def job_public(job: Job) -> JobPublic:
                      result=job.result)
 
 
+def server_timing(started: float) -> str:
+    """`Server-Timing: app;dur=<ms>`: time in the endpoint (thread-pool wait included), for load tests."""
+    return f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+
+
 def visible_job(jobs: JobsDep, settings: SettingsDep, owner: str | None, job_id: str) -> Job:
     job = jobs.get_job(job_id)
     if job is None or not visible(owner, job.owner, settings):
@@ -37,12 +44,14 @@ def list_jobs(jobs: JobsDep, settings: SettingsDep, owner: Reader, state: JobSta
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
-async def get_job(job_id: str, request: Request) -> JobPublic:
+async def get_job(job_id: str, request: Request, response: Response) -> JobPublic:
     # Polled by every client while its job runs: async, with the one database read as the only
     # thread-pool hop (sync dependencies would each cost one more; see POST /rankings).
+    started = time.perf_counter()
     services = get_services(request)
     owner = reader(request, services.settings)
     job = await run_in_threadpool(visible_job, services.jobs, services.settings, owner, job_id)
+    response.headers["Server-Timing"] = server_timing(started)
     return job_public(job)
 
 

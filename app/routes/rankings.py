@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visible, writer
 from app.routes.datasets import _get_visible
+from app.routes.jobs import server_timing
 from app.schemas import ErrorResponse, RankingCreate, RankingPublic
 from library.jobs import Job, JobState, StoredRanking
 
@@ -43,10 +45,12 @@ async def create_ranking(body: RankingCreate, request: Request, response: Respon
     # services read from the app and every database call in ONE thread-pool hop: FastAPI runs each
     # sync dependency and sync endpoint in the thread pool, and those hand-offs (about six per
     # request) cost more than the work itself under load (see bench/api_load.py).
+    started = time.perf_counter()
     services = get_services(request)
     owner = writer(request, services.settings)
     public, code = await run_in_threadpool(_create_or_find, services, owner, body)
     response.status_code = code
+    response.headers["Server-Timing"] = server_timing(started)
     return public
 
 
