@@ -153,7 +153,7 @@ def test_upload_rank_and_read_the_result_in_a_browser(sync_playwright, live_serv
             ranking_url = page.url
             page.wait_for_load_state("load")
 
-            # result page: table, bar chart, map, downloads, the disabled transfer button
+            # result page: table, bar chart, map, downloads, the transfer button
             assert page.title() == "Ranking · movie reviews · taskrank"
             names = page.locator("#ranking-table tbody td.name").all_inner_texts()
             assert len(names) == 4 and set(names) <= set(LIBRARY_TASKS)
@@ -166,7 +166,7 @@ def test_upload_rank_and_read_the_result_in_a_browser(sync_playwright, live_serv
             assert page.locator("#map-target").count() == 1
             assert "Fisher components" in page.inner_text("#map-caption")
             transfer = page.locator("#transfer-button")
-            assert transfer.is_disabled() and transfer.get_attribute("title") == "available with transfer jobs"
+            assert transfer.is_enabled() and transfer.inner_text() == "Transfer to top-4"
             shot(page, "04-ranking-1280")
 
             with page.expect_download() as download_info:
@@ -214,6 +214,13 @@ def test_upload_rank_and_read_the_result_in_a_browser(sync_playwright, live_serv
             assert mobile.evaluate("document.documentElement.scrollWidth") <= 390
             shot(mobile, "08-upload-390")
             phone.close()
+
+            # "Transfer to top-4" starts a transfer batch from this ranking and shows its page
+            page.goto(ranking_url)
+            page.click("#transfer-button")
+            page.wait_for_url(re.compile(r".*/transfers/[0-9a-f]+/view$"), timeout=30_000)
+            assert page.locator("h1").count() == 1
+            shot(page, "09-transfer")
         finally:
             browser.close()
     assert log.errors == []

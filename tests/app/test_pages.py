@@ -160,8 +160,9 @@ def test_ranking_pages_exports_and_map(client, ranked, service_settings):
     assert "TextEmb vectors" in html  # the caption says what the ensemble's map shows
     for part in ("TextEmb", "SEmb", "TaskEmb"):
         assert f">{part}</th>" in html
-    assert re.search(r'<button[^>]*id="transfer-button"[^>]*disabled', html)
-    assert 'title="available with transfer jobs"' in html
+    button = re.search(r'<button[^>]*id="transfer-button"[^>]*>', html).group(0)
+    assert "disabled" not in button and f'data-ranking="{ranking_id}"' in button and 'data-top="3"' in button
+    assert '<script src="/static/transfer_button.js"></script>' in html
     assert f'href="/rankings/{ranking_id}/export.csv"' in html and f'href="/rankings/{ranking_id}/export.json"' in html
 
     exported = client.get(f"/rankings/{ranking_id}/export.csv")

@@ -1,0 +1,37 @@
+// "Transfer to top-k" on a ranking: submit a transfer batch from this ranking, then show its page.
+(function () {
+  "use strict";
+  var button = document.getElementById("transfer-button");
+  if (!button) { return; }
+  var error = document.getElementById("transfer-error");
+  function headers() {
+    var key = window.sessionStorage.getItem("taskrank-api-key");
+    var h = { "Content-Type": "application/json" };
+    if (key) { h.Authorization = "Bearer " + key; }
+    return h;
+  }
+  button.addEventListener("click", function () {
+    button.disabled = true;
+    error.hidden = true;
+    var body = {
+      target_dataset_id: button.dataset.dataset,
+      from_ranking: { ranking_id: button.dataset.ranking, top_k: parseInt(button.dataset.top, 10) }
+    };
+    fetch("/transfers", { method: "POST", headers: headers(), body: JSON.stringify(body) })
+      .then(function (response) {
+        return response.json().then(function (data) { return { ok: response.ok, data: data }; });
+      })
+      .then(function (result) {
+        if (!result.ok) {
+          var detail = result.data && result.data.detail;
+          throw new Error((detail && (detail.message || detail)) || "the transfer could not be started");
+        }
+        window.location.href = "/transfers/" + result.data.id + "/view";
+      })
+      .catch(function (err) {
+        error.textContent = String(err.message || err);
+        error.hidden = false;
+        button.disabled = false;
+      });
+  });
+}());
