@@ -75,7 +75,8 @@ def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 
 def assert_one_line_error(err: str) -> None:
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
+    # the one-time notice of a first use ("imported the default library ...") is not part of the error
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("imported the default")]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
 
 
@@ -169,7 +170,9 @@ def test_rank_prints_a_table(env, default_library, target_file, capsys) -> None:
     code, out, err = run(capsys, "rank", str(target_file), "--method", "textemb", "--top", "5", "--all-class")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith("my_rte (classification, 40 rows): top 5 by textemb over all task types; library r")
+    assert lines[0].startswith(
+        "my_rte (classification, 40 rows): top 5 by textemb over all task types; library r"
+    )
     assert lines[1].split()[:5] == ["rank", "source", "task", "type", "cosine"]
     ranked = lines[3:]
     assert len(ranked) == 5 and [r.split()[0] for r in ranked] == ["1", "2", "3", "4", "5"]
@@ -189,7 +192,9 @@ def test_rank_prints_a_table(env, default_library, target_file, capsys) -> None:
 
 
 @pytest.mark.integration
-def test_library_build_and_add_with_the_real_encoder(env, default_library, tmp_path, shared_data, capsys) -> None:
+def test_library_build_and_add_with_the_real_encoder(
+    env, default_library, tmp_path, shared_data, capsys
+) -> None:
     data = tmp_path / "data" / "tiny_rte"
     data.mkdir(parents=True)
     meta = json.loads((shared_data / "rte" / "task.json").read_text())

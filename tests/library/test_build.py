@@ -187,7 +187,9 @@ def test_embed_target_matches_the_library_embedding(built, data_dir: Path, tiny_
             np.testing.assert_allclose(vec, stored[(method, component)], rtol=1e-5, atol=1e-7)
 
 
-def test_rank_dataset_excludes_the_targets_own_task(built, data_dir: Path, tiny_encoder: Encoder, tmp_path) -> None:
+def test_rank_dataset_excludes_the_targets_own_task(
+    built, data_dir: Path, tiny_encoder: Encoder, tmp_path
+) -> None:
     store, _ = built
     library = SourceLibrary(store, tmp_path / "idx")
     dataset = load_dataset(data_dir / "rte")
@@ -209,7 +211,9 @@ def test_rank_dataset_rejects_another_model(built, data_dir: Path, tmp_path) -> 
 
 def test_empty_library_cannot_rank(store, data_dir: Path, tiny_encoder: Encoder, tmp_path) -> None:
     with pytest.raises(LibraryError, match="library is empty"):
-        rank_dataset(load_dataset(data_dir / "rte"), SourceLibrary(store, tmp_path / "idx"), tiny_encoder, "textemb")
+        rank_dataset(
+            load_dataset(data_dir / "rte"), SourceLibrary(store, tmp_path / "idx"), tiny_encoder, "textemb"
+        )
 
 
 def test_export_import_round_trips_vectors_exactly(built, tmp_path: Path, store) -> None:
@@ -230,7 +234,14 @@ def test_export_import_round_trips_vectors_exactly(built, tmp_path: Path, store)
     assert sorted(imported.added) == sorted(TASKS)
     for task in source.list_tasks():
         copy = store.get_task(task.name)
-        assert (copy.task_type, copy.num_train, copy.num_dev, copy.data_hash, copy.description, copy.provenance) == (
+        assert (
+            copy.task_type,
+            copy.num_train,
+            copy.num_dev,
+            copy.data_hash,
+            copy.description,
+            copy.provenance,
+        ) == (
             task.task_type,
             task.num_train,
             task.num_dev,

@@ -54,16 +54,50 @@ def test_default_library_matches_the_encoder(library: SourceLibrary, encoder: En
     assert library_options(library.store).max_rows == 1000
 
 
+@pytest.mark.parametrize(
+    ("target", "neighbours"),
+    [
+        ("sst2", {"sentence_polarity", "subjectivity", "movie_reviews"}),  # sentiment / opinion text
+        ("squad_v1", {"squad_v2", "qnli"}),  # Wikipedia paragraphs and questions
+        ("ptb_pos", {"ptb_parent", "ptb_gparent", "ptb_ggparent", "conll2000_chunk"}),  # WSJ sentences
+    ],
+)
+def test_textemb_ranks_the_own_task_first_then_same_domain_tasks(
+    library, encoder, shared_data, target, neighbours
+):
+    """All-class TextEmb: a 200-row slice finds its own task, then the tasks over the same kind of text."""
+    ranking = rank_dataset(
+        _slice(shared_data, target), library, encoder, "textemb", top_k=100, all_class=True
+    )
+    assert len(ranking.sources) == 30  # a 200-row slice is not the library's data: nothing excluded
+    names = ranking.names()
+    top = set(names[: len(neighbours) + 1])
+    assert top == neighbours | {target}, names
+
+
+def test_textemb_sees_text_not_labels(library, encoder, shared_data) -> None:
+    """The four PTB tagging tasks share their sentences: identical TextEmb similarity to any target."""
+    ranking = rank_dataset(
+        _slice(shared_data, "mnli"), library, encoder, "textemb", top_k=100, all_class=True
+    )
+    sims = {s.name: s.score for s in ranking.sources}
+    assert len({round(sims[n], 5) for n in ("ptb_pos", "ptb_parent", "ptb_gparent", "ptb_ggparent")}) == 1
+    assert ranking.names()[0] == "mnli"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="TextEmb measures the text domain, not the task: MNLI's nearest sources are brown_pos/brown_genre "
+    "(multi-genre text) and SNLI (image captions) ranks last for it, below every tagging task",
+)
 def test_textemb_ranks_nli_tasks_above_tagging_tasks(library, encoder, shared_data) -> None:
-    target = _slice(shared_data, "mnli")
-    ranking = rank_dataset(target, library, encoder, "textemb", top_k=100, all_class=True)
+    ranking = rank_dataset(
+        _slice(shared_data, "mnli"), library, encoder, "textemb", top_k=100, all_class=True
+    )
     ranks = {s.name: s.rank for s in ranking.sources}
-    assert len(ranks) == 30  # a 200-row slice is not the library's mnli: nothing excluded
-    tagging = {s.name for s in ranking.sources if s.task_type == "sequence_labeling"}
+    tagging = [s.name for s in ranking.sources if s.task_type == "sequence_labeling"]
     assert len(tagging) == 8
-    worst_nli = max(ranks[n] for n in NLI - {"mnli"})
-    best_tagging = min(ranks[t] for t in tagging)
-    assert worst_nli < best_tagging, ranking.names()
+    assert max(ranks[n] for n in NLI - {"mnli"}) < min(ranks[t] for t in tagging), ranking.names()
 
 
 def test_in_class_mode_returns_only_the_targets_type(library, encoder, shared_data) -> None:
