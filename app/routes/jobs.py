@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import JobsDep, Reader, SettingsDep, Writer, get_services, reader, visible
+from app.deps import JobsDep, Reader, SettingsDep, Writer, get_services, reader, visible, writer
 from app.schemas import ErrorResponse, JobPublic, JobStateName
 from library.jobs import Job
 
@@ -22,6 +23,22 @@ def job_public(job: Job) -> JobPublic:
                      created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
                      duration_seconds=None if job.duration_seconds is None else round(job.duration_seconds, 3),
                      result=job.result)
+
+
+# The hot routes (GET /jobs/{id}, POST /rankings) are async with async dependencies and ONE thread-pool
+# hop for their database calls: FastAPI runs every sync dependency and sync endpoint in the thread
+# pool, and those hand-offs (five or six a request with app.deps) cost more than the work itself
+# under load (bench/api_load.py). These two are app.deps.reader/writer, same checks, no hop.
+async def reader_inline(request: Request) -> str | None:
+    return reader(request, get_services(request).settings)
+
+
+async def writer_inline(request: Request) -> str | None:
+    return writer(request, get_services(request).settings)
+
+
+ReaderInline = Annotated[str | None, Depends(reader_inline)]
+WriterInline = Annotated[str | None, Depends(writer_inline)]
 
 
 def server_timing(started: float) -> str:
@@ -44,12 +61,9 @@ def list_jobs(jobs: JobsDep, settings: SettingsDep, owner: Reader, state: JobSta
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
-async def get_job(job_id: str, request: Request, response: Response) -> JobPublic:
-    # Polled by every client while its job runs: async, with the one database read as the only
-    # thread-pool hop (sync dependencies would each cost one more; see POST /rankings).
-    started = time.perf_counter()
+async def get_job(job_id: str, request: Request, response: Response, owner: ReaderInline) -> JobPublic:
+    started = time.perf_counter()  # polled by every client while its job runs: see reader_inline
     services = get_services(request)
-    owner = reader(request, services.settings)
     job = await run_in_threadpool(visible_job, services.jobs, services.settings, owner, job_id)
     response.headers["Server-Timing"] = server_timing(started)
     return job_public(job)

@@ -9,9 +9,9 @@ import time
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visible, writer
+from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visible
 from app.routes.datasets import _get_visible
-from app.routes.jobs import server_timing
+from app.routes.jobs import WriterInline, server_timing
 from app.schemas import ErrorResponse, RankingCreate, RankingPublic
 from library.jobs import Job, JobState, StoredRanking
 
@@ -40,14 +40,12 @@ def ranking_public(ranking: StoredRanking, jobs: JobsDep, cached: bool = False, 
 @router.post("", status_code=202, response_model=RankingPublic,
              responses={200: {"model": RankingPublic, "description": "Answered from a stored ranking"},
                         404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-async def create_ranking(body: RankingCreate, request: Request, response: Response) -> RankingPublic:
-    # The hot path of the service (identical requests answered from the store). Async, with the
-    # services read from the app and every database call in ONE thread-pool hop: FastAPI runs each
-    # sync dependency and sync endpoint in the thread pool, and those hand-offs (about six per
-    # request) cost more than the work itself under load (see bench/api_load.py).
+async def create_ranking(body: RankingCreate, request: Request, response: Response,
+                         owner: WriterInline) -> RankingPublic:
+    # The hot path (identical requests answered from the store): every database call in one
+    # thread-pool hop, see app.routes.jobs.reader_inline.
     started = time.perf_counter()
     services = get_services(request)
-    owner = writer(request, services.settings)
     public, code = await run_in_threadpool(_create_or_find, services, owner, body)
     response.status_code = code
     response.headers["Server-Timing"] = server_timing(started)
@@ -65,14 +63,10 @@ def _create_or_find(services: Services, owner: str | None, body: RankingCreate) 
         elif visible(owner, existing.owner, settings):
             code = status.HTTP_200_OK if existing.result is not None else status.HTTP_202_ACCEPTED
             return ranking_public(existing, jobs, cached=existing.result is not None, job=existing_job), code
-    job = jobs.create_job("rank", params={"method": body.method, "top_k": body.top_k, "all_class": body.all_class},
-                          dataset_id=dataset.id, queue="embed", owner=owner)
-    ranking, created = jobs.add_ranking(request_key=key, dataset_id=dataset.id, job_id=job.id, method=body.method,
-                                        top_k=body.top_k, all_class=body.all_class, owner=owner)
-    if not created:  # an identical request won the race: answer with its job
-        jobs.mark_cancelled(job.id)
+    ranking, job = jobs.create_rank_job(request_key=key, dataset_id=dataset.id, method=body.method, top_k=body.top_k,
+                                        all_class=body.all_class, owner=owner, queue="embed")
+    if job is None:  # an identical request won the race: answer with its job
         return ranking_public(ranking, jobs), status.HTTP_202_ACCEPTED
-    jobs.set_job_params(job.id, {**job.params, "ranking_id": ranking.id})
     services.enqueue("rank", job.id)
     return ranking_public(ranking, jobs), status.HTTP_202_ACCEPTED
 
