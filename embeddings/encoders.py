@@ -78,6 +78,24 @@ class Encoder:
         return self._hash
 
 
+def release_large_buffers() -> None:
+    """Serve buffers of 4 MiB and up from mmap, so freed activations go back to the OS at once.
+
+    Each new batch shape otherwise leaves glibc heap behind (length-sorted batches have many
+    shapes), and peak memory would creep with the number of rows instead of staying flat.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 4 * 1024 * 1024)  # M_MMAP_THRESHOLD: activation-sized buffers (fixed, not raised)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 _CACHE: dict[tuple[str, str], Encoder] = {}
 _LOCK = threading.Lock()
 
@@ -87,6 +105,7 @@ def load_encoder(model: str = DEFAULT_MODEL, device: str = "auto") -> Encoder:
     key = (model, device)
     with _LOCK:
         if key not in _CACHE:
+            release_large_buffers()
             _CACHE[key] = _load(model, resolve_device(device))
         return _CACHE[key]
 

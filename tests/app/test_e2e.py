@@ -57,7 +57,7 @@ def processes(*commands: list[str], env: dict[str, str], log_dir: Path) -> Itera
 
 
 def wait_healthy(url: str, procs: list[subprocess.Popen], log_dir: Path, workers: int = 1,
-                 timeout: float = 120) -> None:
+                 timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
