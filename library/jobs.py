@@ -546,31 +546,6 @@ class JobStore:
             assert existing is not None
             return existing, False
 
-    def create_rank_job(self, *, request_key: str, dataset_id: str, method: str, top_k: int, all_class: bool,
-                        owner: str | None = None, queue: str = "embed") -> tuple[StoredRanking, Job | None]:
-        """A ranking and the job that computes it, in one transaction (one commit, not three).
-
-        When `request_key` is taken (an identical request won the race) nothing is written and the
-        existing ranking comes back with job None.
-        """
-        ranking_id = new_id()
-        params = {"method": method, "top_k": top_k, "all_class": all_class, "ranking_id": ranking_id}
-        try:
-            with self.session() as s:
-                job = JobRow(kind="rank", params=params, dataset_id=dataset_id, queue=queue, owner=owner)
-                s.add(job)
-                s.flush()
-                ranking = RankingRow(id=ranking_id, request_key=request_key, dataset_id=dataset_id, job_id=job.id,
-                                     method=method, top_k=top_k, all_class=all_class, owner=owner)
-                s.add(ranking)
-                s.flush()
-                created = _ranking(ranking), _job(job)
-        except IntegrityError:
-            existing = self.find_ranking(request_key)
-            assert existing is not None
-            return existing, None
-        return created
-
     def forget_ranking(self, ranking_id: str) -> None:
         with self.session() as s:
             row = s.get(RankingRow, ranking_id)

@@ -63,10 +63,14 @@ def _create_or_find(services: Services, owner: str | None, body: RankingCreate) 
         elif visible(owner, existing.owner, settings):
             code = status.HTTP_200_OK if existing.result is not None else status.HTTP_202_ACCEPTED
             return ranking_public(existing, jobs, cached=existing.result is not None, job=existing_job), code
-    ranking, job = jobs.create_rank_job(request_key=key, dataset_id=dataset.id, method=body.method, top_k=body.top_k,
-                                        all_class=body.all_class, owner=owner, queue="embed")
-    if job is None:  # an identical request won the race: answer with its job
+    job = jobs.create_job("rank", params={"method": body.method, "top_k": body.top_k, "all_class": body.all_class},
+                          dataset_id=dataset.id, queue="embed", owner=owner)
+    ranking, created = jobs.add_ranking(request_key=key, dataset_id=dataset.id, job_id=job.id, method=body.method,
+                                        top_k=body.top_k, all_class=body.all_class, owner=owner)
+    if not created:  # an identical request won the race: answer with its job
+        jobs.mark_cancelled(job.id)
         return ranking_public(ranking, jobs), status.HTTP_202_ACCEPTED
+    jobs.set_job_params(job.id, {**job.params, "ranking_id": ranking.id})
     services.enqueue("rank", job.id)
     return ranking_public(ranking, jobs), status.HTTP_202_ACCEPTED
 
