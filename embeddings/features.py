@@ -211,6 +211,26 @@ def length_sorted_batches(lengths: np.ndarray, max_tokens: int, max_batch_size: 
     return batches
 
 
+def length_grouped_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                         megabatch: int = 50) -> list[int]:
+    """A shuffled epoch whose consecutive `batch_size` rows have similar lengths (less padding).
+
+    As `group_by_length` in HF's Trainer: shuffle, cut into megabatches of `megabatch * batch_size`
+    rows, sort each by length, cut into batches, then shuffle the batches. Batches stay random
+    samples of the data; only their padding shrinks (2-3x fewer tokens on short-text tasks).
+    """
+    order = rng.permutation(len(lengths))
+    size = batch_size * megabatch
+    batches = []
+    for start in range(0, len(order), size):
+        chunk = order[start:start + size]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffled = [batches[j] for j in rng.permutation(len(batches))]
+    shuffled.sort(key=lambda b: len(b) < batch_size)  # a short batch last: pops stay batch-aligned
+    return [int(i) for b in shuffled for i in b]
+
+
 def fixed_batches(count: int, batch_size: int) -> list[np.ndarray]:
     """Batches in data order, as the original TaskEmb code made them (used by the naive baseline)."""
     return [np.arange(i, min(i + batch_size, count)) for i in range(0, count, batch_size)]

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from embeddings.features import (
     Features,
     TokenizeOptions,
     collate,
+    length_grouped_order,
     length_sorted_batches,
     tokenize,
 )
@@ -105,18 +107,31 @@ def _label_stats(features: Features) -> tuple[float, float]:
 def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: FinetuneOptions | None = None, *,
               initial_encoder_state: dict[str, torch.Tensor] | None = None,
               checkpoint_dir: str | Path | None = None, on_progress: ProgressFn = no_progress,
+              body: nn.Module | Callable[[], nn.Module] | None = None,
+              auxiliary_loss: Callable[[TaskModel], torch.Tensor | None] | None = None,
               ) -> tuple[FinetuneResult, TaskModel]:
     """Train on `train`, evaluate on `dev`, keep the best evaluation's weights; returns (result, model).
 
     Without `dev` (a transfer source) there is no evaluation and the final weights are kept.
+
+    `body` replaces the default copy of `encoder.model` with a prepared encoder (or a function building
+    one after the seed is set, so new modules initialise reproducibly), e.g. one with adapters whose
+    parameters alone have `requires_grad`: only parameters that require gradients are optimised (the
+    head always is). `auxiliary_loss(model)`, called after each training forward pass, adds a
+    regulariser to the task loss (a gate prior, AdapterFusion's value regularisation).
     """
     options = options or FinetuneOptions()
     if dev is not None and train.task_type != dev.task_type:
         raise ValueError(f"train is {train.task_type.value} but dev is {dev.task_type.value}")
+    if body is not None and initial_encoder_state is not None:
+        raise ValueError("give a prepared body or an initial encoder state, not both")
     started = time.perf_counter()
     torch.manual_seed(options.seed)
     device = encoder.device
-    body = copy.deepcopy(encoder.model)  # the shared encoder stays as loaded
+    if body is None:
+        body = copy.deepcopy(encoder.model)  # the shared encoder stays as loaded
+    elif not isinstance(body, nn.Module):
+        body = body()
     if initial_encoder_state is not None:
         body.load_state_dict(initial_encoder_state)
     train_features = tokenize(train, encoder.tokenizer, options)
@@ -132,10 +147,8 @@ def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: Fi
     steps_per_epoch = math.ceil(len(train_features) / options.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * options.epochs))
     eval_every = max(1, steps_per_epoch // max(1, options.evaluations_per_epoch))
-    optimiser = torch.optim.AdamW(_param_groups(model, options.weight_decay), lr=options.learning_rate)
-    warmup = int(total_steps * options.warmup_ratio)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: min((step + 1) / max(1, warmup), max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser, schedule = make_optimiser(param_groups(model, options.weight_decay), options, total_steps)
     rng = np.random.default_rng(options.seed)
     state: dict[str, Any] = {"step": 0, "best": -math.inf, "best_step": 0, "stale": 0, "history": [], "order": []}
     best_weights: dict[str, torch.Tensor] | None = None
@@ -154,8 +167,8 @@ def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: Fi
     main = main_metric(train.task_type, train.name)
     while state["step"] < total_steps:
         order = state["order"]
-        if not order:
-            order = state["order"] = rng.permutation(len(train_features)).tolist()
+        if not order:  # a new epoch; reversed because batches are popped from the end
+            order = state["order"] = length_grouped_order(train_features.lengths, options.batch_size, rng)[::-1]
         index = np.array([order.pop() for _ in range(min(options.batch_size, len(order)))])
         batch = collate(train_features, index, device)
         model.train()
@@ -163,9 +176,11 @@ def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: Fi
             logits = model(batch.model_inputs())
         assert batch.labels is not None
         loss = head.per_example_loss(logits, batch.labels).mean()
+        extra = auxiliary_loss(model) if auxiliary_loss is not None else None
+        total_loss = loss if extra is None else loss + extra
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+        total_loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, options.max_grad_norm)
         optimiser.step()
         schedule.step()
         state["step"] += 1
@@ -176,7 +191,7 @@ def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: Fi
             state["history"].append({"step": step, "loss": float(loss.detach()), **scores})
             if scores[main] > state["best"]:
                 state["best"], state["best_step"], state["stale"] = scores[main], step, 0
-                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_weights = trainable_state(model)
             else:
                 state["stale"] += 1
                 if options.early_stopping_patience is not None and state["stale"] >= options.early_stopping_patience:
@@ -184,7 +199,7 @@ def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: Fi
         if checkpoint is not None and (step % options.checkpoint_every == 0) and step < total_steps:
             _save_checkpoint(checkpoint, model, optimiser, schedule, rng, state, best_weights)
     if best_weights is not None:
-        model.load_state_dict(best_weights)
+        model.load_state_dict(best_weights, strict=False)  # frozen parameters never changed
     final = next(h for h in state["history"] if h["step"] == state["best_step"]) if state["history"] else {}
     result = FinetuneResult(task_type=train.task_type.value, metrics={k: v for k, v in final.items()
                                                                       if k not in ("step", "loss")},
@@ -209,11 +224,30 @@ def _save_checkpoint(directory: Path, model: TaskModel, optimiser: torch.optim.O
     (directory / "progress.json").write_text(json.dumps({"step": state["step"]}))
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the parameters that train (all of them in full fine-tuning): the best-evaluation snapshot."""
+    return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict[str, Any]]:
+    """AdamW groups over the parameters that require gradients: no decay on biases, norms and scalars."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    extra = {} if lr is None else {"lr": lr}
+    return [g for g in ({"params": decay, "weight_decay": weight_decay, **extra},
+                        {"params": no_decay, "weight_decay": 0.0, **extra}) if g["params"]]
+
+
+def make_optimiser(groups: list[dict[str, Any]], options: FinetuneOptions, total_steps: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with linear warm-up over `warmup_ratio` of the steps, then linear decay to zero."""
+    optimiser = torch.optim.AdamW(groups, lr=options.learning_rate)
+    warmup = int(total_steps * options.warmup_ratio)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: min((step + 1) / max(1, warmup), max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
+    return optimiser, schedule
 
 
 def _align_labels(train: Features, dev: Features) -> None:

@@ -90,3 +90,24 @@ def test_intermediate_transfer_reports_gains_and_reuses_source_checkpoints(tiny_
     again = intermediate_transfer(sentiment(16), sentiment(8, 1), [source], tiny_encoder, options, cache_dir=tmp_path)
     assert checkpoints[0].stat().st_mtime_ns == stamp  # the cached source encoder was reused, not retrained
     assert again.sources[0].scores == outcome.scores  # same seeds, same numbers
+
+
+def test_length_grouped_epochs_cover_every_row_once_and_cut_padding():
+    import numpy as np
+
+    from embeddings.features import length_grouped_order
+
+    lengths = np.random.default_rng(0).integers(5, 120, size=1003)
+    order = length_grouped_order(lengths, 32, np.random.default_rng(1))
+    assert sorted(order) == list(range(1003))  # a permutation: every row once per epoch
+    batches = [order[i:i + 32] for i in range(0, len(order), 32)]
+    assert all(len(b) == 32 for b in batches[:-1])  # the one short batch comes last
+    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    shuffled = np.random.default_rng(1).permutation(1003)
+    plain = sum(int(lengths[shuffled[i:i + 32]].max()) * len(shuffled[i:i + 32]) for i in range(0, 1003, 32))
+    assert padded < 0.7 * plain
+    again = length_grouped_order(lengths, 32, np.random.default_rng(1))
+    assert again == order  # seeded
+    first_batches = {tuple(sorted(b)) for b in batches[:5]}
+    other = length_grouped_order(lengths, 32, np.random.default_rng(2))
+    assert first_batches != {tuple(sorted(other[i:i + 32])) for i in range(0, 160, 32)}  # still shuffled
