@@ -154,6 +154,7 @@ def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
     else:
         raise ValueError("a target file needs --dev DEV_FILE (a task folder uses its dev split)")
     data_dir = Path(args.data_dir)
+    scores: list[float] | None = None
     if args.sources:
         names = [n.strip() for n in args.sources.split(",") if n.strip()]
     elif args.top:
@@ -162,15 +163,19 @@ def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
         with _service(settings) as service, progress_bar(f"ranking {target.name}") as on_progress:
             ranking = service.rank(target, args.method, args.top, False, on_progress)
         names = [s.name for s in ranking.sources]
-        print(f"top {args.top} by {args.method}: {', '.join(names)}")
+        scores = [s.score for s in ranking.sources]
+        print(f"top {args.top} by {args.method}: {', '.join(names)}", file=sys.stderr)
     else:
         raise ValueError("give --sources a,b or --top K")
     sources = [load_dataset(_source_folder(n, data_dir), limits=limits) for n in names]
     mismatched = [s.name for s in sources if s.task_type != target.task_type]
     if mismatched and not args.all_class:
-        print(f"note: {', '.join(mismatched)} differ in task type from the target; their heads are dropped anyway")
+        print(f"note: {', '.join(mismatched)} differ in task type from the target; their heads are dropped anyway",
+              file=sys.stderr)  # stdout stays valid JSON under --json
     base = FinetuneOptions(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
                            max_length=args.max_length or 128)
+    if args.transfer_method != "intermediate":
+        return _multi_source(args, settings, target, dev, sources, scores, base)
     options = TransferOptions(target=base, source=replace(base, epochs=args.source_epochs),
                               seeds=tuple(range(args.seed, args.seed + args.seeds)),
                               source_max_rows=args.source_rows, target_max_rows=args.target_rows)
@@ -186,6 +191,41 @@ def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
     for outcome in sorted(report.sources, key=lambda o: -o.mean):
         print(f"  {outcome.source:<28} {outcome.mean:7.2f} ± {outcome.std:.2f}   gain {outcome.gain:+.2f} "
               f"({outcome.relative_gain:+.1f}%)")
+    return 0
+
+
+def _multi_source(args: argparse.Namespace, settings: Settings, target: Any, dev: Any, sources: list[Any],
+                  scores: list[float] | None, base: Any) -> int:
+    """`transfer --transfer-method scalearn|...`: every source combined by one multi-source method."""
+    from dataclasses import replace
+
+    from embeddings.camtl import CamtlOptions
+    from embeddings.encoders import load_encoder
+    from embeddings.multisource import MultiSourceOptions, multi_source_transfer
+    from embeddings.source_adapters import AdapterOptions
+
+    adapter = AdapterOptions(train=replace(base, epochs=args.source_epochs, learning_rate=args.adapter_learning_rate))
+    options = MultiSourceOptions(
+        method=args.transfer_method, target=base, combination_learning_rate=args.combination_learning_rate,
+        adapter=adapter, seeds=tuple(range(args.seed, args.seed + args.seeds)), source_max_rows=args.source_rows,
+        target_max_rows=args.target_rows,
+        camtl=CamtlOptions(freeze_encoder_layers=args.freeze_encoder_layers, sampling=args.task_sampling))
+    encoder = load_encoder(args.model or settings.model, settings.device)
+    with progress_bar(f"{args.transfer_method} to {target.name}") as on_progress:
+        report = multi_source_transfer(target, dev, sources, encoder, options, source_scores=scores,
+                                       cache_dir=settings.data_dir / "checkpoints", on_progress=on_progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+        return 0
+    print(f"{report.target}: {report.method} over {', '.join(report.sources)}; {report.main_metric} on dev, "
+          f"{len(options.seeds)} seeds")
+    print(f"  {report.method:<28} {report.mean:7.2f} ± {report.std:.2f}   "
+          f"{report.trained_parameters:,} trained parameters ({report.method_parameters:,} without heads)")
+    if report.single_adapter_scores:
+        single = sum(report.single_adapter_scores) / len(report.single_adapter_scores)
+        print(f"  {'target adapter alone':<28} {single:7.2f}")
+    for name, weight in (report.source_weights or {}).items():
+        print(f"    {report.weight_kind or 'weight'} {name:<22} {weight:.3f}")
     return 0
 
 
@@ -287,6 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=2, help="target fine-tunings per source (mean and std)")
     p.add_argument("--source-rows", type=int, default=3000)
     p.add_argument("--target-rows", type=int, default=1000)
+    p.add_argument("--transfer-method", default="intermediate",
+                   choices=["intermediate", "scalearn", "scalearn_uniform", "scalearn_plus", "scalearn_uniform_plus",
+                            "adapterfusion", "pemt", "camtl"],
+                   help="intermediate: each source alone; the others combine all the sources (multi-source)")
+    p.add_argument("--adapter-learning-rate", type=float, default=5e-4, help="multi-source: stage-1 adapters")
+    p.add_argument("--combination-learning-rate", type=float, help="multi-source: stage 2 (default per method)")
+    p.add_argument("--freeze-encoder-layers", type=int, help="CA-MTL: frozen lower layers (default: half)")
+    p.add_argument("--task-sampling", default="uncertainty", choices=["uncertainty", "uniform", "sequential"],
+                   help="CA-MTL: task sampling")
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("serve", help="run the API and a worker (embedded broker and SQLite by default)")

@@ -20,8 +20,19 @@ class ErrorDetail(BaseModel):
     field: str | None = None
 
 
+class ValidationIssue(BaseModel):
+    """One item of FastAPI's request-validation error (a 422 for a body or query that fails its schema)."""
+
+    model_config = ConfigDict(extra="allow")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class ErrorResponse(BaseModel):
-    detail: ErrorDetail | str
+    """Our errors carry a message (with file/line/field for bad data); schema violations list their issues."""
+
+    detail: ErrorDetail | str | list[ValidationIssue]
 
 
 class DatasetRows(BaseModel):
@@ -129,7 +140,10 @@ class Health(BaseModel):
     library_version: str | None
 
 
-TransferMethod = Literal["intermediate"]
+TransferMethod = Literal["intermediate", "scalearn", "scalearn_uniform", "scalearn_plus", "scalearn_uniform_plus",
+                         "adapterfusion", "pemt", "camtl"]
+MULTI_SOURCE_TRANSFER_METHODS = ("scalearn", "scalearn_uniform", "scalearn_plus", "scalearn_uniform_plus",
+                                 "adapterfusion", "pemt", "camtl")
 
 
 class TransferOptionsIn(BaseModel):
@@ -146,6 +160,16 @@ class TransferOptionsIn(BaseModel):
     target_max_rows: int = Field(1000, ge=2, le=200_000, description="The target's training rows are capped here.")
     dev_max_rows: int = Field(1000, ge=1, le=200_000, description="Dev rows evaluated (subsampled beyond this).")
     data_seed: int = Field(13, ge=0, le=2**31 - 1, description="Seeds the dev hold-out and the subsamples.")
+    # multi-source methods only (ignored by "intermediate")
+    adapter_learning_rate: float = Field(5e-4, gt=0, le=0.1,
+                                         description="Stage-1 adapters (sources and the target's own).")
+    combination_learning_rate: float | None = Field(
+        None, gt=0, le=0.1, description="What stage 2 trains (ScaLearn scales, fusion, PEMT gates and target "
+                                        "adapter, CA-MTL's conditional modules); default per method.")
+    freeze_encoder_layers: int | None = Field(None, ge=0, le=96,
+                                              description="CA-MTL: frozen lower layers (default: half).")
+    task_sampling: Literal["uncertainty", "uniform", "sequential"] = Field(
+        "uncertainty", description="CA-MTL: which task each step trains on.")
 
 
 class TransferFromRanking(BaseModel):
@@ -202,6 +226,24 @@ class TransferSourcePublic(TransferRunPublic):
     gain: float | None = Field(None, description="Mean minus the baseline mean, in the metric's points.")
     relative_gain: float | None = Field(None, description="The gain in percent of the baseline mean.")
     checkpoint_reused: bool | None = None
+    weight: float | None = Field(None, description="Multi-source methods: the combination's weight for this "
+                                                   "source (see the batch's `combined.weight_kind`).")
+
+
+class TransferCombinedPublic(TransferRunPublic):
+    """The one job of a multi-source method: every source together, then the target, for every seed."""
+
+    method: str
+    gain: float | None = Field(None, description="Mean minus the baseline mean, in the metric's points.")
+    relative_gain: float | None = Field(None, description="The gain in percent of the baseline mean.")
+    trained_parameters: int | None = Field(None, description="Parameters trained in stage 2, heads included.")
+    method_parameters: int | None = Field(None, description="The same without the task heads.")
+    weight_kind: str | None = Field(None, description="scale (ScaLearn), attention (AdapterFusion), gate (PEMT), "
+                                                      "task_steps (CA-MTL: share of training steps).")
+    weights: dict[str, float] | None = Field(None, description="Per source key (and 'target' where its own "
+                                                               "adapter or head takes part).")
+    single_adapter_mean: float | None = Field(None, description="The target's own adapter alone, mean over seeds.")
+    seconds: float | None = Field(None, description="Mean wall time per seed.")
 
 
 class TransferPublic(BaseModel):
@@ -217,5 +259,6 @@ class TransferPublic(BaseModel):
     main_metric: str | None
     baseline: TransferRunPublic
     sources: list[TransferSourcePublic]
+    combined: TransferCombinedPublic | None = Field(None, description="Multi-source methods: their one job.")
     job_ids: list[str]
     created_at: datetime

@@ -226,7 +226,8 @@ def multi_source_transfer(target_train: Dataset, target_dev: Dataset, sources: l
             def target_progress(done: int, total: int, _report: ProgressFn = report_progress) -> None:
                 _report(done, 2 * max(1, total))
 
-            own = target_adapter(train, target_dev, encoder, options.adapter, cache, seed=seed,
+            own_options = replace(options.adapter, train=replace(options.adapter.train, epochs=options.target.epochs))
+            own = target_adapter(train, target_dev, encoder, own_options, cache, seed=seed,
                                  on_progress=target_progress)
             target_state, single = own.state, (own.result or {}).get("score")
 

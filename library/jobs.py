@@ -142,7 +142,8 @@ class TransferBatchRow(Base):
     sources: Mapped[list[dict[str, Any]]] = mapped_column(_JSON, default=list)
     seeds: Mapped[list[int]] = mapped_column(_JSON, default=list)
     options: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
-    job_ids: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)  # {"baseline": id, "sources": {key: id}}
+    # {"baseline": id, "sources": {key: id}}; a multi-source method's batch also {"combined": id}
+    job_ids: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
     ranking_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
@@ -231,9 +232,10 @@ class StoredTransferBatch:
 
     @property
     def all_job_ids(self) -> list[str]:
-        """The baseline's job first, then the sources' in the batch's order."""
+        """The baseline's job first, then the sources' in the batch's order, then a multi-source job."""
         by_source = self.job_ids.get("sources") or {}
         ids = [self.job_ids.get("baseline")] + [by_source.get(s["key"]) for s in self.sources]
+        ids.append(self.job_ids.get("combined"))
         return [i for i in ids if i]
 
 
@@ -566,7 +568,8 @@ class JobStore:
         """The batch and its jobs in one transaction; every job's params get the batch id.
 
         `job_params`: one dict per job, with `role` ("baseline" or "source") and `source` (the source's key,
-        as in `sources`, or None for the baseline).
+        as in `sources`, or None for the baseline); or `role` "combined": one job over all the sources
+        together (a multi-source method).
         """
         batch_id = new_id()
         with self.session() as s:
@@ -578,6 +581,8 @@ class JobStore:
             for row in rows:
                 if row.params.get("role") == "baseline":
                     job_ids["baseline"] = row.id
+                elif row.params.get("role") == "combined":
+                    job_ids["combined"] = row.id
                 else:
                     job_ids["sources"][row.params["source"]] = row.id
             batch = TransferBatchRow(id=batch_id, target_dataset_id=target_dataset_id,

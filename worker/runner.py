@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +215,9 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
         train = train.subsample(options.target_max_rows, options.data_seed)
         dev = dev.subsample(opts["dev_max_rows"], options.data_seed)
         encoder = service.encoder
+        if params["role"] == "combined":
+            _run_multi_source(job_id, store, settings, batch.id, params, opts, base, train, dev, encoder, progress)
+            return
         seeds = list(options.seeds)
         is_source = params["role"] == "source"
         phases, scale = len(seeds) + int(is_source), 1000
@@ -258,6 +263,66 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
             "dev_rows": len(dev), **extra,
             "runs": [{k: r[k] for k in ("seed", "score", "metrics", "best_step", "steps", "seconds")}
                      for r in runs]})
+
+
+def _run_multi_source(job_id: str, store: JobStore, settings: Settings, batch_id: str, params: dict[str, Any],
+                      opts: dict[str, Any], base: Any, train: Dataset, dev: Dataset, encoder: Any,
+                      progress: JobProgress) -> None:
+    """The one job of a multi-source method: stage-1 adapters (cached in data_dir/checkpoints, like source
+    encoders) or CA-MTL's joint training, then the target, for every seed (embeddings/multisource.py)."""
+    import shutil
+    from dataclasses import replace
+
+    from embeddings.camtl import CamtlOptions
+    from embeddings.multisource import MultiSourceOptions, multi_source_transfer
+    from embeddings.source_adapters import AdapterOptions
+
+    progress.stage = "loading sources"
+    sources = []
+    for entry in params["sources"]:
+        if entry.get("source_dataset_id"):
+            record = store.get_dataset(entry["source_dataset_id"])
+            if record is None:
+                raise LibraryError(f"the source dataset {entry['source_dataset_id']} was deleted")
+            sources.append(load_stored_dataset(settings, record))
+        else:  # an operator's task folder: trusted, so no upload row cap
+            limits = LoadLimits(max_rows=10**9, max_text_chars=settings.max_text_chars)
+            sources.append(load_dataset(Path(entry["source_path"]), limits=limits))
+    adapter_train = replace(base, epochs=opts.get("source_epochs") or base.epochs,
+                            learning_rate=opts.get("adapter_learning_rate") or 5e-4)
+    options = MultiSourceOptions(
+        method=params["method"], target=base, combination_learning_rate=opts.get("combination_learning_rate"),
+        adapter=AdapterOptions(train=adapter_train), seeds=tuple(params["seeds"]),
+        source_max_rows=opts["source_max_rows"], target_max_rows=opts["target_max_rows"],
+        data_seed=opts["data_seed"],
+        camtl=CamtlOptions(freeze_encoder_layers=opts.get("freeze_encoder_layers"),
+                           sampling=opts.get("task_sampling") or "uncertainty"))
+    scores = [entry.get("score") for entry in params["sources"]]
+    run_dir = settings.data_dir / "transfer_runs" / job_id
+
+    def on_stage(text: str) -> None:
+        progress.stage = text
+
+    report = multi_source_transfer(
+        train, dev, sources, encoder, options, cache_dir=settings.data_dir / "checkpoints",
+        source_scores=[float(s) for s in scores] if all(s is not None for s in scores) else None,
+        source_names=[entry["key"] for entry in params["sources"]], checkpoint_dir=run_dir,
+        on_progress=progress, on_stage=on_stage)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if not all(math.isfinite(v) for r in report.runs for v in r["metrics"].values()):
+        raise ValueError(f"a dev {report.main_metric} is undefined (training diverged?)")
+    keep = ("seed", "score", "metrics", "best_step", "steps", "seconds", "weights", "single_adapter_score",
+            "task_steps")
+    singles = report.single_adapter_scores
+    store.succeed_job(job_id, {
+        "batch_id": batch_id, "role": "combined", "method": report.method, "source": None,
+        "main_metric": report.main_metric, "scores": report.scores, "mean": report.mean, "std": report.std,
+        "train_rows": len(train), "dev_rows": len(dev), "trained_parameters": report.trained_parameters,
+        "method_parameters": report.method_parameters, "weight_kind": report.weight_kind,
+        "source_weights": report.source_weights, "prior": report.prior, "single_adapter_scores": singles,
+        "single_adapter_mean": statistics.fmean(singles) if singles else None, "seconds": report.seconds,
+        "source_seconds": report.source_seconds, "adapters": report.adapters,
+        "runs": [{k: r[k] for k in keep if k in r} for r in report.runs]})
 
 
 class _outcome:

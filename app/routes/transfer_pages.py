@@ -16,6 +16,10 @@ from app.routes.transfers import transfer_public, visible_batch
 router = APIRouter(tags=["pages"])
 
 GAIN_COLOUR, LOSS_COLOUR = "#1f9d6b", "#c8372d"
+METHOD_LABELS = {"intermediate": "intermediate-task transfer", "scalearn": "ScaLearn",
+                 "scalearn_uniform": "ScaLearnUniform", "scalearn_plus": "ScaLearn++",
+                 "scalearn_uniform_plus": "ScaLearnUniform++", "adapterfusion": "AdapterFusion", "pemt": "PEMT",
+                 "camtl": "CA-MTL"}
 
 
 def source_label(source: dict[str, Any]) -> str:
@@ -89,9 +93,14 @@ def transfer_page(transfer_id: str, request: Request, jobs: JobsDep, settings: S
     public = transfer_public(batch, jobs)
     target = jobs.get_dataset(batch.target_dataset_id)
     sources = [s.model_dump() for s in public.sources]
+    combined = public.combined.model_dump() if public.combined is not None else None
+    # a multi-source method has one result for all its sources: the chart shows that one bar
+    chart_rows = sources if combined is None else [{**combined, "name": METHOD_LABELS.get(public.method, public.method),
+                                                    "rank": None}]
     return _render(request, "transfer.html", {
         "title": f"Transfer · {target.name if target else batch.target_dataset_id}", "transfer": public,
         "target": target, "sources": sources, "baseline": public.baseline.model_dump(),
-        "chart": gain_chart(sources, public.baseline.std, public.main_metric),
+        "combined": combined, "method_label": METHOD_LABELS.get(public.method, public.method),
+        "chart": gain_chart(chart_rows, public.baseline.std, public.main_metric),
         "from_ranking": any(s.get("rank") is not None for s in sources),
         "signature": "|".join(f"{j}" for j in [public.baseline.state] + [s["state"] for s in sources])})

@@ -3,6 +3,10 @@
 A batch is one target, its sources and seeds: one job fine-tunes the no-transfer baseline for every
 seed, and one job per source fine-tunes the source (or takes it from the checkpoint cache) and then
 the target from it. The batch's answer puts each source's mean score beside the baseline's.
+
+A multi-source method (ScaLearn and its variants, AdapterFusion, PEMT, CA-MTL) runs one "combined"
+job over all the sources together instead of one per source; its answer (`combined`) has the score,
+the gain over the baseline, the trained parameters and the weight of each source.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from app.deps import JobsDep, Reader, Services, SettingsDep, Writer, get_services, visible
 from app.routes.datasets import _get_visible
 from app.schemas import (
+    MULTI_SOURCE_TRANSFER_METHODS,
     ErrorResponse,
+    TransferCombinedPublic,
     TransferCreate,
     TransferPublic,
     TransferRunPublic,
@@ -102,6 +108,18 @@ def _from_ranking(jobs: JobStore, settings: Settings, owner: str | None, target:
     return [s["name"] for s in chosen], {s["name"]: int(s["rank"]) for s in chosen}
 
 
+def _ranking_scores(jobs: JobStore, ranking_id: str) -> dict[str, float]:
+    """The ranking's score per source name (its fused similarity): PEMT's correlation prior."""
+    ranking = jobs.get_ranking(ranking_id)
+    ranked = ((ranking.result if ranking is not None else None) or {}).get("sources") or []
+    return {s["name"]: float(s["score"]) for s in ranked if s.get("score") is not None}
+
+
+def _where(entry: dict[str, Any]) -> dict[str, str]:
+    """Where a resolved source's training data is, for the worker."""
+    return {"source_path": entry["path"]} if entry["kind"] == "library" else {"source_dataset_id": entry["dataset_id"]}
+
+
 # -- the batch as the API shows it ----------------------------------------------------------------------
 
 def _mean_std(scores: list[float]) -> tuple[float, float]:
@@ -133,14 +151,37 @@ def batch_state(found: list[Job | None]) -> str:
     return JobState.FAILED.value if JobState.FAILED in states else JobState.CANCELLED.value
 
 
+def _combined_public(job: Job | None, method: str, base_mean: float | None) -> dict[str, Any]:
+    """A multi-source method's one job: its run, gain, trained parameters and per-source weights."""
+    run = _run_public(job)
+    if run.get("mean") is not None and base_mean is not None:
+        gain = run["mean"] - base_mean
+        run.update(gain=gain, relative_gain=100.0 * gain / base_mean if base_mean else None)
+    result = (job.result if job is not None else None) or {}
+    run.update(method=method, trained_parameters=result.get("trained_parameters"),
+               method_parameters=result.get("method_parameters"), weight_kind=result.get("weight_kind"),
+               weights=result.get("source_weights"), single_adapter_mean=result.get("single_adapter_mean"),
+               seconds=result.get("seconds"))
+    return run
+
+
 def transfer_public(batch: StoredTransferBatch, jobs: JobStore) -> TransferPublic:
     by_id = jobs.transfer_batch_jobs(batch)
     baseline_job = by_id.get(batch.job_ids.get("baseline") or "")
     baseline = _run_public(baseline_job)
     base_mean = baseline.get("mean")
+    combined_id = batch.job_ids.get("combined")
+    combined_job = by_id.get(combined_id) if combined_id else None
+    combined = _combined_public(combined_job, batch.method, base_mean) if combined_id else None
     sources = []
     source_jobs: list[Job | None] = []
     for entry in batch.sources:
+        if combined is not None:  # a multi-source method: every source is in the one combined job
+            run = {k: v for k, v in _run_public(combined_job).items() if k not in ("scores", "mean", "std")}
+            sources.append(TransferSourcePublic(key=entry["key"], name=entry["name"], kind=entry["kind"],
+                                                task_type=entry.get("task_type"), rank=entry.get("rank"),
+                                                weight=(combined.get("weights") or {}).get(entry["key"]), **run))
+            continue
         job = by_id.get((batch.job_ids.get("sources") or {}).get(entry["key"], ""))
         source_jobs.append(job)
         run = _run_public(job)
@@ -151,7 +192,7 @@ def transfer_public(batch: StoredTransferBatch, jobs: JobStore) -> TransferPubli
             run["checkpoint_reused"] = job.result.get("checkpoint_reused")
         sources.append(TransferSourcePublic(key=entry["key"], name=entry["name"], kind=entry["kind"],
                                             task_type=entry.get("task_type"), rank=entry.get("rank"), **run))
-    every = [baseline_job, *source_jobs]
+    every = [baseline_job, *source_jobs] + ([combined_job] if combined_id else [])
     metric = next((j.result.get("main_metric") for j in every if j is not None and j.result), None)
     progress = sum(j.progress if j else 1.0 for j in every) / len(every)
     return TransferPublic(
@@ -159,7 +200,7 @@ def transfer_public(batch: StoredTransferBatch, jobs: JobStore) -> TransferPubli
         ranking_id=batch.ranking_id, method=batch.method, seeds=batch.seeds, options=batch.options,
         state=batch_state(every), progress=round(100.0 * progress, 1), main_metric=metric,
         baseline=TransferRunPublic(**baseline), sources=sources, job_ids=batch.all_job_ids,
-        created_at=batch.created_at)
+        combined=TransferCombinedPublic(**combined) if combined is not None else None, created_at=batch.created_at)
 
 
 def visible_batch(jobs: JobStore, settings: Settings, owner: str | None, transfer_id: str) -> StoredTransferBatch:
@@ -201,11 +242,14 @@ def create_transfer(body: TransferCreate, services: ServicesDep, owner: Writer) 
     options = body.options.model_dump()
     options["source_epochs"] = options["source_epochs"] or options["epochs"]
     params: list[dict[str, Any]] = [{"role": "baseline", "source": None, "seeds": seeds}]
-    for entry in sources:
-        where = ({"source_path": entry["path"]} if entry["kind"] == "library"
-                 else {"source_dataset_id": entry["dataset_id"]})
+    if body.method in MULTI_SOURCE_TRANSFER_METHODS:  # one job with every source, beside the baseline
+        scores = _ranking_scores(jobs, body.from_ranking.ranking_id) if body.from_ranking else {}
+        params.append({"role": "combined", "source": None, "method": body.method, "seeds": seeds,
+                       "sources": [{**_where(entry), "key": entry["key"], "name": entry["name"],
+                                    "score": scores.get(entry["key"])} for entry in sources]})
+    for entry in sources if body.method not in MULTI_SOURCE_TRANSFER_METHODS else []:
         params.append({"role": "source", "source": entry["key"], "source_name": entry["name"],
-                       "source_kind": entry["kind"], "seeds": seeds, **where})
+                       "source_kind": entry["kind"], "seeds": seeds, **_where(entry)})
     public_sources = [{k: v for k, v in entry.items() if k != "path"} for entry in sources]
     batch, created = jobs.create_transfer_batch(
         target_dataset_id=target.id, dev_dataset_id=dev_id, method=body.method, sources=public_sources,

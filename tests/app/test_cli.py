@@ -83,3 +83,23 @@ def test_transfer_command_reports_baseline_and_gain(shared_data, tiny_model_dir,
     assert outcome["source"] == "mrpc" and len(outcome["scores"]) == 2
     assert abs(outcome["gain"] - (outcome["mean"] - report["baseline_mean"])) < 1e-9
     assert len(list((tmp_path / "data" / "checkpoints").glob("source-*.safetensors"))) == 1
+
+
+def test_transfer_command_with_a_multi_source_method(shared_data, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from app.settings import get_settings
+
+    monkeypatch.setenv("TASKRANK_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        code = main(["transfer", str(shared_data / "rte"), "--sources", "mrpc,stsb", "--data-dir", str(shared_data),
+                     "--model", str(tiny_model_dir), "--transfer-method", "adapterfusion", "--epochs", "0.2",
+                     "--source-epochs", "0.2", "--seeds", "1", "--target-rows", "40", "--source-rows", "40",
+                     "--max-length", "48", "--batch-size", "8", "--json"])
+    finally:
+        get_settings.cache_clear()
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == "adapterfusion" and report["sources"] == ["mrpc", "stsb"]
+    assert report["weight_kind"] == "attention" and abs(sum(report["source_weights"].values()) - 1) < 1e-5
+    assert report["method_parameters"] == 2 * (3 * 32 * 32 + 2 * 32)  # query, key, value per layer (H = 32)
+    assert len(list((tmp_path / "data" / "checkpoints").glob("adapter-*.safetensors"))) == 3

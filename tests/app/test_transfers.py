@@ -186,3 +186,53 @@ def test_bad_requests(client, service_settings, shared_data, tmp_path):
     assert missing.status_code == 422 and "no training data for source 'sst2'" in missing.json()["detail"]["message"]
     assert client.get("/transfers/nope").status_code == 404
     assert client.get("/transfers/nope/view").status_code == 404
+
+
+MULTI = {**FAST, "adapter_learning_rate": 1e-3, "combination_learning_rate": 1e-2}
+
+
+def test_a_multi_source_method_runs_one_combined_job_beside_the_baseline(client, service_settings, shared_data,
+                                                                          tmp_path):
+    target = upload(client, shared_data, tmp_path)
+    ranking = client.post("/rankings", json={"dataset_id": target["id"], "method": "textemb", "top_k": 2}).json()
+    run_queued_jobs(service_settings)
+    ranked = client.get(f"/rankings/{ranking['id']}").json()["sources"]
+    response = client.post("/transfers", json={"target_dataset_id": target["id"], "method": "pemt", "seeds": [1],
+                                               "from_ranking": {"ranking_id": ranking["id"], "top_k": 2},
+                                               "options": MULTI})
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert batch["method"] == "pemt" and len(batch["job_ids"]) == 2  # the baseline and one combined job
+    assert batch["combined"]["state"] == "queued" and batch["combined"]["method"] == "pemt"
+    assert [s["state"] for s in batch["sources"]] == ["queued", "queued"]
+    assert run_queued_jobs(service_settings) == 2
+    done = client.get(f"/transfers/{batch['id']}").json()
+    assert done["state"] == "succeeded" and done["progress"] == 100.0, done
+    combined = done["combined"]
+    assert combined["state"] == "succeeded" and len(combined["scores"]) == 1
+    assert combined["gain"] == pytest.approx(combined["mean"] - done["baseline"]["mean"])
+    assert combined["weight_kind"] == "gate" and combined["trained_parameters"] > combined["method_parameters"] > 0
+    names = [s["name"] for s in ranked[:2]]
+    assert set(combined["weights"]) == set(names) and sum(combined["weights"].values()) == pytest.approx(1.0)
+    assert [s["weight"] for s in done["sources"]] == [combined["weights"][n] for n in names]
+    result = client.get(f"/jobs/{combined['job_id']}").json()["result"]
+    assert result["role"] == "combined" and set(result["prior"]) == set(names)  # the ranking's scores as prior
+    if ranked[0]["score"] > ranked[1]["score"]:
+        assert result["prior"][names[0]] > result["prior"][names[1]]
+    assert [a["reused"] for a in result["adapters"]] == [False, False]
+    assert len([n for n in checkpoints(service_settings) if n.startswith("adapter-")
+                and n.endswith(".safetensors")]) == 2
+    page = client.get(f"/transfers/{batch['id']}/view")
+    assert page.status_code == 200 and "PEMT" in page.text and 'id="gain-chart"' in page.text
+    assert page.text.count('class="whisker"') == 3  # one bar: the combination
+
+
+def test_multi_source_requests_are_validated(client, shared_data, tmp_path):
+    target = upload(client, shared_data, tmp_path)
+    base = {"target_dataset_id": target["id"], "sources": ["rte"], "options": FAST}
+    assert client.post("/transfers", json={**base, "method": "scalearnx"}).status_code == 422
+    bad = client.post("/transfers", json={**base, "method": "camtl", "options": {**FAST, "task_sampling": "x"}})
+    assert bad.status_code == 422
+    ok = client.post("/transfers", json={**base, "method": "camtl",
+                                         "options": {**FAST, "freeze_encoder_layers": 1, "task_sampling": "uniform"}})
+    assert ok.status_code == 202 and ok.json()["combined"]["method"] == "camtl"
