@@ -31,6 +31,8 @@ class LibraryService:
     model: str = "default"
     device: str = "auto"
     token_budget: int = 0
+    index_kind: str = "flat"
+    hnsw_ef_search: int = 512
     default_import: ImportReport | None = None
     _library: SourceLibrary | None = field(default=None, repr=False)
     _encoder: Encoder | None = field(default=None, repr=False)
@@ -46,6 +48,8 @@ class LibraryService:
             model=settings.model,
             device=settings.device,
             token_budget=settings.max_tokens_per_batch,
+            index_kind=getattr(settings, "index_kind", "flat"),
+            hnsw_ef_search=getattr(settings, "hnsw_ef_search", 512),
         )
         if ensure_default:
             service.default_import = ensure_default_library(store)
@@ -63,7 +67,8 @@ class LibraryService:
     @property
     def library(self) -> SourceLibrary:
         if self._library is None:
-            self._library = SourceLibrary(self.store, self.index_dir)
+            extra = {"ef_search": self.hnsw_ef_search} if self.index_kind == "hnsw" else {}
+            self._library = SourceLibrary(self.store, self.index_dir, kind=self.index_kind, **extra)
         return self._library
 
     @property

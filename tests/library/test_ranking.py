@@ -164,3 +164,22 @@ def test_ranking_sees_library_changes(library: SourceLibrary, add_source: AddSou
     assert library.rank(target, "semb").names() == ["b", "a"]
     library.store.remove_task("b")
     assert library.rank(target, "semb").names() == ["a"]
+
+
+def test_service_can_serve_the_library_from_an_hnsw_index(sqlite_store: LibraryStore, add_source: AddSource,
+                                                          tmp_path) -> None:
+    """TASKRANK_INDEX_KIND=hnsw: the approximate index is built, saved with its kind, and ranks like exact."""
+    from app.settings import Settings
+    from library.service import LibraryService
+
+    for name, cos in [("far", 0.1), ("near", 0.9), ("mid", 0.5), ("close", 0.7)]:
+        add_source(name, s=make_result("semb", {"sentence": unit(cos)}))
+    query = {"semb": make_result("semb", {"sentence": np.array([1.0, 0.0])})}
+    exact = SourceLibrary(sqlite_store, tmp_path / "flat").rank(query, "semb")
+    settings = Settings(data_dir=tmp_path / "data", index_kind="hnsw", hnsw_ef_search=64)
+    with LibraryService.from_settings(settings, ensure_default=False) as service:
+        approximate = service.library.rank(query, "semb")
+        index = next(iter(service.library.indexes._cache.values()))
+        assert index.info.kind == "hnsw" and index.ef_search == 64
+    assert approximate.names() == exact.names() == ["near", "close", "mid", "far"]
+    assert json.loads(next((tmp_path / "data" / "indexes").glob("*.json")).read_text())["kind"] == "hnsw"
