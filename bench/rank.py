@@ -257,9 +257,14 @@ def main() -> int:
     parser.add_argument(
         "--query-budget", type=float, default=3.0, help="seconds per latency/throughput measurement"
     )
+    parser.add_argument("--sizes", help="comma-separated library sizes (default 1k,10k,100k,1M)")
+    parser.add_argument("--dims", default="384,768", help="comma-separated dimensions")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "rank_cpu.json"))
     args = parser.parse_args()
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
+    if args.sizes:
+        sizes = [int(float(x)) for x in args.sizes.split(",")]
+    dims = [int(x) for x in args.dims.split(",")]
     started = time.perf_counter()
     report = {
         "benchmark": "bench/rank.py",
@@ -274,7 +279,7 @@ def main() -> int:
             "python": platform.python_version(),
             "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         },
-        **run(sizes, [384, 768], args.hnsw_budget, args.query_budget),
+        **run(sizes, dims, args.hnsw_budget, args.query_budget),
     }
     report["total_s"] = round(time.perf_counter() - started, 1)
     report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
