@@ -246,6 +246,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # pragma: no cover
 
 
+def _prepare_shared_state(settings: Settings) -> None:
+    """Create the tables and import the default library once, before the worker and API processes start."""
+    from library.jobs import JobStore
+    from library.service import LibraryService
+
+    JobStore(settings.resolved_database_url).close()
+    LibraryService.from_settings(settings).close()
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """The API plus one real worker process; embedded broker and SQLite unless configured otherwise."""
     import signal
@@ -257,6 +266,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from app.main import create_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_shared_state(settings)  # before any worker or API process starts: no first-start races
     worker = None
     if not args.no_worker:
         command = worker_command(settings, "embed,train", settings.worker_concurrency,
@@ -266,8 +276,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     broker = "embedded SQLite broker" if settings.embedded_broker else settings.resolved_broker_url.split("@")[-1]
     print(f"taskrank: http://{host}:{port}/  (API docs at /docs; data in {settings.data_dir.resolve()}; "
           f"{broker}; Ctrl-C stops)", file=sys.stderr)
+    workers = args.api_workers or settings.api_workers
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        if workers > 1:  # each process builds the app from the environment (Settings has no other source)
+            uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
+                        log_level="info", access_log=settings.access_log)
+        else:
+            uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=settings.access_log)
     finally:
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
@@ -342,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
+    p.add_argument("--api-workers", type=int, help="API processes (default TASKRANK_API_WORKERS, 1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker on the configured broker")

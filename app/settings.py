@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     per_key_ownership: bool = Field(False, description="With API keys: a key sees only its own datasets and jobs.")
     host: str = Field("127.0.0.1", description="Address `taskrank serve` binds.")
     port: int = Field(8000, description="Port `taskrank serve` binds.")
+    api_workers: int = Field(1, ge=1, description="API processes of `taskrank serve` (uvicorn workers; >1 for load).")
+    access_log: bool = Field(True, description="uvicorn's per-request access log.")
     job_soft_time_limit: int = Field(3600, ge=1, description="Seconds before a job is asked to stop.")
     job_time_limit: int = Field(3900, ge=1, description="Seconds before a job's process is killed.")
     broker_visibility_timeout: int = Field(

@@ -168,3 +168,24 @@ def test_client_against_a_live_server(embedded_service, shared_data):
         with pytest.raises(TaskrankError) as bad:
             client.upload([{"text": "only", "label": "one"}, {"text": "label", "label": "one"}])
         assert bad.value.status == 422 and "only one label" in str(bad.value)
+
+
+def test_serve_with_several_api_processes(service_settings, tmp_path):
+    """`taskrank serve --api-workers 2`: two uvicorn processes over one database, both answering."""
+    import psutil
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = base_env(service_settings.data_dir, TASKRANK_MODEL=service_settings.model, TASKRANK_ACCESS_LOG="0")
+    with processes(TASKRANK + ["serve", "--no-worker", "--api-workers", "2", "--port", str(port)],
+                   env=env, log_dir=tmp_path) as procs:
+        wait_healthy(url, procs, tmp_path, workers=0)
+        children = [p for p in psutil.Process(procs[0].pid).children(recursive=True)
+                    if "spawn_main" in " ".join(p.cmdline())]
+        assert len(children) == 2
+        created = [httpx.post(f"{url}/datasets", json={"rows": [{"text": f"t{i}", "label": "a"},
+                                                                 {"text": f"u{i}", "label": "b"}]}).json()["id"]
+                   for i in range(6)]
+        listed = {d["id"] for d in httpx.get(f"{url}/datasets", params={"limit": 50}).json()}
+        assert set(created) <= listed  # every process writes to and reads from the same store
+        assert httpx.get(f"{url}/library/tasks").json()  # the library was prepared once, before the fork
