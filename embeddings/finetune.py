@@ -109,6 +109,7 @@ def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: Fi
               checkpoint_dir: str | Path | None = None, on_progress: ProgressFn = no_progress,
               body: nn.Module | Callable[[], nn.Module] | None = None,
               auxiliary_loss: Callable[[TaskModel], torch.Tensor | None] | None = None,
+              head_learning_rate: float | None = None,
               ) -> tuple[FinetuneResult, TaskModel]:
     """Train on `train`, evaluate on `dev`, keep the best evaluation's weights; returns (result, model).
 
@@ -117,7 +118,8 @@ def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: Fi
     `body` replaces the default copy of `encoder.model` with a prepared encoder (or a function building
     one after the seed is set, so new modules initialise reproducibly), e.g. one with adapters whose
     parameters alone have `requires_grad`: only parameters that require gradients are optimised (the
-    head always is). `auxiliary_loss(model)`, called after each training forward pass, adds a
+    head always is; `head_learning_rate` gives the new head its own rate, e.g. over a frozen body).
+    `auxiliary_loss(model)`, called after each training forward pass, adds a
     regulariser to the task loss (a gate prior, AdapterFusion's value regularisation).
     """
     options = options or FinetuneOptions()
@@ -148,7 +150,10 @@ def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: Fi
     total_steps = max(1, math.ceil(steps_per_epoch * options.epochs))
     eval_every = max(1, steps_per_epoch // max(1, options.evaluations_per_epoch))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimiser, schedule = make_optimiser(param_groups(model, options.weight_decay), options, total_steps)
+    groups = (param_groups(model, options.weight_decay) if head_learning_rate is None else
+              param_groups(model.encoder, options.weight_decay)
+              + param_groups(model.head, options.weight_decay, lr=head_learning_rate))
+    optimiser, schedule = make_optimiser(groups, options, total_steps)
     rng = np.random.default_rng(options.seed)
     state: dict[str, Any] = {"step": 0, "best": -math.inf, "best_step": 0, "stale": 0, "history": [], "order": []}
     best_weights: dict[str, torch.Tensor] | None = None

@@ -68,6 +68,9 @@ class MultiSourceOptions:
     combination_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of what stage 2 adds (default per method: "
                                         "DEFAULT_COMBINATION_LR; CA-MTL: camtl.conditional_learning_rate)."})
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Stage 2's new head (adapter methods); default: the stage-1 adapter "
+                                        "learning rate, at which a head over the frozen body trains in stage 1."})
     adapter: AdapterOptions = field(default_factory=AdapterOptions,
                                     metadata={"help": "Stage-1 adapters: architecture and training."})
     seeds: tuple[int, ...] = field(default=(13, 14), metadata={"help": "One stage-2 run per seed."})
@@ -288,7 +291,8 @@ def train_fused(train: Dataset, dev: Dataset, encoder: Encoder, options: MultiSo
     result, model = fine_tune(train, dev, encoder,
                               replace(options.target, learning_rate=options.learning_rate, seed=seed),
                               body=build, auxiliary_loss=auxiliary, checkpoint_dir=checkpoint_dir,
-                              on_progress=on_progress)
+                              on_progress=on_progress,
+                              head_learning_rate=options.head_learning_rate or options.adapter.train.learning_rate)
     return result, model, fused["body"]
 
 

@@ -111,3 +111,17 @@ def test_length_grouped_epochs_cover_every_row_once_and_cut_padding():
     first_batches = {tuple(sorted(b)) for b in batches[:5]}
     other = length_grouped_order(lengths, 32, np.random.default_rng(2))
     assert first_batches != {tuple(sorted(other[i:i + 32])) for i in range(0, 160, 32)}  # still shuffled
+
+
+def test_the_head_can_train_at_its_own_learning_rate(tiny_encoder):
+    """Stage 2 of the adapter methods: a new head over a body that barely moves needs its own rate."""
+    options = FinetuneOptions(epochs=1, batch_size=8, learning_rate=1e-12, seed=1)
+    _, still = fine_tune(sentiment(16), None, tiny_encoder, options)
+    _, moved = fine_tune(sentiment(16), None, tiny_encoder, options, head_learning_rate=1e-2)
+    _, start = fine_tune(sentiment(16), None, tiny_encoder, FinetuneOptions(epochs=1e-9, learning_rate=1e-12,
+                                                                            seed=1))
+    head_change = (moved.head.proj.weight - start.head.proj.weight).abs().max().item()
+    assert head_change > 1e-3  # the head moved at 1e-2
+    assert (still.head.proj.weight - start.head.proj.weight).abs().max().item() < 1e-8
+    body = {k: v for k, v in moved.encoder.state_dict().items()}
+    assert all(torch.allclose(body[k], v, atol=1e-8) for k, v in start.encoder.state_dict().items())
