@@ -120,6 +120,20 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def api_cpu_seconds(pid: int) -> float | None:
+    """CPU of the API: the `taskrank serve` process plus its uvicorn worker processes (--api-workers)."""
+    import psutil
+
+    total = cpu_seconds(pid)
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            if "spawn_main" in " ".join(child.cmdline()):
+                total = (total or 0) + (cpu_seconds(child.pid) or 0)
+    except psutil.Error:
+        pass
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,9 +198,11 @@ def small_slices(rows: list[dict[str, str]], count: int, size: int, skip: int) -
 # ------------------------------------------------------------------------------------------------
 
 
-def service_env(data_dir: Path, torch_threads: int | None) -> dict[str, str]:
+def service_env(data_dir: Path, torch_threads: int | None, api_workers: int = 1,
+                access_log: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRANK_")}
-    env.update({"HF_HUB_OFFLINE": "1", "TASKRANK_DATA_DIR": str(data_dir)})
+    env.update({"HF_HUB_OFFLINE": "1", "TASKRANK_DATA_DIR": str(data_dir), "TASKRANK_API_WORKERS": str(api_workers),
+                "TASKRANK_ACCESS_LOG": "1" if access_log else "0"})
     if torch_threads is not None:
         env["TASKRANK_TORCH_THREADS"] = str(torch_threads)
     return env
@@ -544,10 +560,10 @@ def calibrate(args: argparse.Namespace, env: dict[str, str], data_dir: Path, ran
                     time.sleep(0.2)
             results = {}
             for client in ("httpx", "raw"):
-                server_cpu0, client_cpu0 = cpu_seconds(proc.pid), time.process_time()
+                server_cpu0, client_cpu0 = api_cpu_seconds(proc.pid), time.process_time()
                 samples, wall, _ = asyncio.run(phase1(url, request, job_id, ranking_id, args.clients,
                                                       args.calibrate_seconds, raw=client == "raw"))
-                server_cpu = (cpu_seconds(proc.pid) or 0) - (server_cpu0 or 0)
+                server_cpu = (api_cpu_seconds(proc.pid) or 0) - (server_cpu0 or 0)
                 client_cpu = time.process_time() - client_cpu0
                 everything = [x for values in samples.latencies.values() for x in values]
                 out = latency_summary(everything, sum(samples.errors.values()), wall)
@@ -568,7 +584,7 @@ def calibrate(args: argparse.Namespace, env: dict[str, str], data_dir: Path, ran
 def measure(args: argparse.Namespace, proc: subprocess.Popen, url: str, request: dict[str, Any], job_id: str,
             ranking_id: str, seconds: float, raw: bool) -> dict[str, Any]:
     """Phase 1 once: latency summary, warm-up, load average and the CPU both sides used."""
-    server_cpu0, client_cpu0 = cpu_seconds(proc.pid), time.process_time()
+    server_cpu0, client_cpu0 = api_cpu_seconds(proc.pid), time.process_time()
     load_before = load_average()
     spy = None
     if args.py_spy and raw == bool(args.raw_seconds):  # the raw-client run when there is one
@@ -577,7 +593,7 @@ def measure(args: argparse.Namespace, proc: subprocess.Popen, url: str, request:
                                 "-d", str(int(seconds)), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=sys.stderr)
     samples, wall, warm = asyncio.run(phase1(url, request, job_id, ranking_id, args.clients, seconds, raw=raw))
-    server_cpu = (cpu_seconds(proc.pid) or 0) - (server_cpu0 or 0)
+    server_cpu = (api_cpu_seconds(proc.pid) or 0) - (server_cpu0 or 0)
     client_cpu = time.process_time() - client_cpu0
     if spy is not None:
         spy.wait(timeout=120)
@@ -754,6 +770,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=SHARED_DATA, help=f"task folders (default {SHARED_DATA})")
     p.add_argument("--service-root", type=Path, default=ROOT,
                    help="checkout the service runs from (default this one; another for before/after comparisons)")
+    p.add_argument("--api-workers", type=int, default=1, help="uvicorn processes of the service (default 1)")
+    p.add_argument("--no-access-log", action="store_true", help="run the service without uvicorn's access log")
     p.add_argument("--torch-threads", type=int, help="TASKRANK_TORCH_THREADS for the service (default: unset)")
     p.add_argument("--raw-seconds", type=float, default=30.0,
                    help="phase 1 again with the hand-written HTTP client, this long (0 skips)")
@@ -778,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     before = {"load_average": load_average(), "busy_processes": busy_processes()}
     log(f"load average {before['load_average']} on {os.cpu_count()} cores")
     data_dir = Path(tempfile.mkdtemp(prefix="taskrank-api-load-"))
-    env = service_env(data_dir, args.torch_threads)
+    env = service_env(data_dir, args.torch_threads, args.api_workers, not args.no_access_log)
     service_log = data_dir / "serve.log"
     result: dict[str, Any] = {
         "benchmark": "api_load",
@@ -786,7 +804,8 @@ def main(argv: list[str] | None = None) -> int:
         **git_revision(),
         "machine": machine_info(),
         "load_before": before,
-        "mode": "taskrank serve: uvicorn (1 process) + 1 Celery worker process (prefork, concurrency 1), "
+        "mode": f"taskrank serve: uvicorn ({args.api_workers} process(es), access log "
+                f"{'off' if args.no_access_log else 'on'}) + 1 Celery worker process (prefork, concurrency 1), "
                 "embedded SQLite broker, SQLite job store, default encoder",
         "service_root": "." if args.service_root == ROOT else str(args.service_root),
         "note": "the load generator (this process, asyncio) runs on the same cores as the server, and so do "
