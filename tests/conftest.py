@@ -15,3 +15,14 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MANIFEST.json").is_file():
         pytest.skip(f"real datasets not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train faster on one thread than on several fighting over a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

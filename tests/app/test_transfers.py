@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -16,17 +15,12 @@ from library.service import LibraryService
 from tests.app.conftest import write_csv_slice
 from worker import runner
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAST = {"epochs": 1, "batch_size": 8, "max_length": 32, "source_max_rows": 16, "target_max_rows": 24,
         "dev_max_rows": 12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models train faster on one thread than on several fighting over a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -29,17 +29,12 @@ from embeddings.source_adapters import AdapterOptions, source_adapter, target_ad
 from tests.embeddings.test_embeddings import pairs, qa, tagging
 from tests.embeddings.test_finetune import sentiment
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAST = FinetuneOptions(epochs=2, batch_size=8, max_length=32, learning_rate=1e-2)
 ADAPTER = AdapterOptions(train=FinetuneOptions(epochs=1, batch_size=8, max_length=32, learning_rate=1e-3))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models train faster on one thread than on several fighting over a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> str:
