@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -124,6 +125,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources = ServiceResources(settings)
         app.state.services = resources
+        # The process holds ~500k long-lived objects after start-up (torch, transformers, the library):
+        # a full collection walks them all, 130-250 ms during which no request is answered, which was
+        # the whole p99 tail under load (bench/api_load.py). Frozen, they are never scanned again.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

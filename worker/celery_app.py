@@ -6,6 +6,7 @@ from celery import Celery
 from kombu import Queue
 
 from app.settings import Settings, get_settings
+from worker.embedded_broker import broker_url
 
 TASK_NAMES = {"rank": "taskrank.embed.rank", "add_source": "taskrank.embed.add_source",
               "transfer": "taskrank.train.transfer"}
@@ -15,7 +16,8 @@ TRAIN_QUEUE = "train"
 
 def make_celery(settings: Settings) -> Celery:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("taskrank", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    url = broker_url(settings.resolved_broker_url) if settings.embedded_broker else settings.resolved_broker_url
+    app = Celery("taskrank", broker=url, include=["worker.tasks"])
     # kombu's SQLAlchemy transport hands its options to create_engine: it takes none of Redis's.
     transport_options: dict[str, object] = (
         {} if settings.embedded_broker else {"visibility_timeout": settings.broker_visibility_timeout})
