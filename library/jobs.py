@@ -300,6 +300,11 @@ class JobStore:
         Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
+    @property
+    def in_process(self) -> bool:
+        """SQLite: every read is a call into this process, no network round trip."""
+        return self.url.startswith("sqlite")
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visible
 from app.routes.datasets import _get_visible
-from app.routes.jobs import WriterInline, server_timing
+from app.routes.jobs import WriterInline, server_timing, store_read
 from app.schemas import ErrorResponse, RankingCreate, RankingPublic
 from library.jobs import Job, JobState, StoredRanking
 
@@ -42,14 +42,29 @@ def ranking_public(ranking: StoredRanking, jobs: JobsDep, cached: bool = False, 
                         404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 async def create_ranking(body: RankingCreate, request: Request, response: Response,
                          owner: WriterInline) -> RankingPublic:
-    # The hot path (identical requests answered from the store): every database call in one
-    # thread-pool hop, see app.routes.jobs.reader_inline.
+    # The hot path (identical requests answered from the store) only reads: see store_read. Anything
+    # else (a new job, a failed one to retry, a race) in one thread-pool hop.
     started = time.perf_counter()
     services = get_services(request)
-    public, code = await run_in_threadpool(_create_or_find, services, owner, body)
+    answer = await store_read(services, _stored_answer, services, owner, body)
+    public, code = answer or await run_in_threadpool(_create_or_find, services, owner, body)
     response.status_code = code
     response.headers["Server-Timing"] = server_timing(started)
     return public
+
+
+def _stored_answer(services: Services, owner: str | None, body: RankingCreate) -> tuple[RankingPublic, int] | None:
+    """The stored ranking of an identical request, if it may simply be returned; reads only."""
+    jobs, settings = services.jobs, services.settings
+    dataset = _get_visible(jobs, settings, owner, body.dataset_id)
+    key = request_key(dataset.content_hash, settings.model, services.library.store.version(), body)
+    existing, existing_job = jobs.find_ranking_with_job(key)
+    if existing is None or not visible(owner, existing.owner, settings):
+        return None
+    if existing_job is not None and existing_job.state in (JobState.FAILED, JobState.CANCELLED):
+        return None
+    code = status.HTTP_200_OK if existing.result is not None else status.HTTP_202_ACCEPTED
+    return ranking_public(existing, jobs, cached=existing.result is not None, job=existing_job), code
 
 
 def _create_or_find(services: Services, owner: str | None, body: RankingCreate) -> tuple[RankingPublic, int]:
