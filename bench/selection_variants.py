@@ -15,7 +15,11 @@ Variants (every vector L2-normalised first, as the service's index does):
   so a few large diagonal entries do not decide the similarity.
 TaskEmb fuses its components by reciprocal rank fusion and the ensemble fuses TextEmb, SEmb and
 TaskEmb the same way (k=60), exactly as `library.ranking`; the `cosine` rows reproduce
-`taskrank evaluate` (checked here).
+`taskrank evaluate` (tests/library/test_real_ranking.py checks it).
+
+Also `<method>+datasize`: the method's ranking fused by RRF with the DataSize ranking (largest
+training set first), since DataSize alone beat every embedding on the tuning targets. Defined (and
+committed) before the held-out targets' transfers were evaluated.
 
     .venv/bin/python bench/selection_variants.py [--table bench/results/transfer_matrix_minilm.csv]
 """
@@ -126,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                 rankings.setdefault(f"{method}/{variant}", {})[target] = sorted(ranks, key=ranks.get)
         for variant in ("cosine", "centred"):
             fused = ranks_by(rrf([per_method[variant][m] for m in ENSEMBLE_OF]))
+            per_method[variant]["ensemble"] = fused
             rankings.setdefault(f"ensemble/{variant}", {})[target] = sorted(fused, key=fused.get)
+        by_size = ranks_by({s: float(sizes[s]) for s in tasks if s != target})
+        for method in ("taskemb", "ensemble"):
+            fused = ranks_by(rrf([per_method["cosine"][method], by_size]))
+            rankings.setdefault(f"{method}+datasize/cosine", {})[target] = sorted(fused, key=fused.get)
 
     held_out = [t for t in table.targets() if t not in TUNING_TARGETS]
     tuning = [t for t in table.targets() if t in TUNING_TARGETS]
