@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from starlette.concurrency import run_in_threadpool
@@ -13,7 +14,7 @@ from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visib
 from app.routes.datasets import _get_visible
 from app.routes.jobs import WriterInline, server_timing, store_read
 from app.schemas import ErrorResponse, RankingCreate, RankingPublic
-from library.jobs import Job, JobState, StoredRanking
+from library.jobs import Job, JobState, StoredDataset, StoredRanking
 
 router = APIRouter(prefix="/rankings", tags=["rankings"])
 
@@ -53,31 +54,46 @@ async def create_ranking(body: RankingCreate, request: Request, response: Respon
     return public
 
 
-def _stored_answer(services: Services, owner: str | None, body: RankingCreate) -> tuple[RankingPublic, int] | None:
-    """The stored ranking of an identical request, if it may simply be returned; reads only."""
+@dataclass
+class _Lookup:
+    dataset: StoredDataset
+    key: str
+    existing: StoredRanking | None
+    existing_job: Job | None
+
+
+def _lookup(services: Services, owner: str | None, body: RankingCreate) -> _Lookup:
     jobs, settings = services.jobs, services.settings
     dataset = _get_visible(jobs, settings, owner, body.dataset_id)
     key = request_key(dataset.content_hash, settings.model, services.library.store.version(), body)
-    existing, existing_job = jobs.find_ranking_with_job(key)
-    if existing is None or not visible(owner, existing.owner, settings):
+    return _Lookup(dataset, key, *jobs.find_ranking_with_job(key))
+
+
+def _answer(services: Services, owner: str | None, found: _Lookup) -> tuple[RankingPublic, int] | None:
+    """The stored ranking, when it may simply be returned: visible to `owner`, and not a failed attempt."""
+    existing, job = found.existing, found.existing_job
+    if existing is None or not visible(owner, existing.owner, services.settings):
         return None
-    if existing_job is not None and existing_job.state in (JobState.FAILED, JobState.CANCELLED):
+    if job is not None and job.state in (JobState.FAILED, JobState.CANCELLED):
         return None
     code = status.HTTP_200_OK if existing.result is not None else status.HTTP_202_ACCEPTED
-    return ranking_public(existing, jobs, cached=existing.result is not None, job=existing_job), code
+    return ranking_public(existing, services.jobs, cached=existing.result is not None, job=job), code
+
+
+def _stored_answer(services: Services, owner: str | None, body: RankingCreate) -> tuple[RankingPublic, int] | None:
+    """The hot path: reads only."""
+    return _answer(services, owner, _lookup(services, owner, body))
 
 
 def _create_or_find(services: Services, owner: str | None, body: RankingCreate) -> tuple[RankingPublic, int]:
-    jobs, settings = services.jobs, services.settings
-    dataset = _get_visible(jobs, settings, owner, body.dataset_id)
-    key = request_key(dataset.content_hash, settings.model, services.library.store.version(), body)
-    existing, existing_job = jobs.find_ranking_with_job(key)
-    if existing is not None:
-        if existing_job is not None and existing_job.state in (JobState.FAILED, JobState.CANCELLED):
-            jobs.forget_ranking(existing.id)  # a failed attempt is not an answer: try again
-        elif visible(owner, existing.owner, settings):
-            code = status.HTTP_200_OK if existing.result is not None else status.HTTP_202_ACCEPTED
-            return ranking_public(existing, jobs, cached=existing.result is not None, job=existing_job), code
+    jobs = services.jobs
+    found = _lookup(services, owner, body)
+    answer = _answer(services, owner, found)
+    if answer is not None:
+        return answer
+    dataset, key = found.dataset, found.key
+    if found.existing_job is not None and found.existing_job.state in (JobState.FAILED, JobState.CANCELLED):
+        jobs.forget_ranking(found.existing.id)  # type: ignore[union-attr]  # a failed attempt is not an answer
     job = jobs.create_job("rank", params={"method": body.method, "top_k": body.top_k, "all_class": body.all_class},
                           dataset_id=dataset.id, queue="embed", owner=owner)
     ranking, created = jobs.add_ranking(request_key=key, dataset_id=dataset.id, job_id=job.id, method=body.method,
