@@ -325,7 +325,8 @@ def cmd_library_import(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from library.evaluation import load_transfer_table
 
-    table = load_transfer_table(args.table)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
+    table = load_transfer_table(args.table, targets)
     with _service(settings) as service:
         result = service.evaluate(table)
     if args.json:
@@ -406,5 +407,6 @@ def register(
 
     p = sub.add_parser("evaluate", help="score the ranking methods against a transfer table (CSV)")
     p.add_argument("table", help="CSV with columns source,target,score,baseline_score")
+    p.add_argument("--targets", help="comma-separated targets to score (default: every target of the table)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_library_errors(cmd_evaluate))

@@ -114,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--table", type=Path, default=ROOT / "bench" / "results" / "transfer_matrix_minilm.csv")
     parser.add_argument("--library", type=Path, default=ROOT / "library" / "default")
+    parser.add_argument("--targets", help="comma-separated targets to score (default: every target of the table)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "selection_variants_minilm.json")
     args = parser.parse_args(argv)
 
-    table = load_transfer_table(args.table)
+    table = load_transfer_table(args.table, args.targets.split(",") if args.targets else None)
     vectors, sizes = load_library(args.library)
     tasks = sorted(vectors)
     rankings: dict[str, dict[str, list[str]]] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -67,9 +67,14 @@ def _float(value: str | None, column: str, line: int) -> float:
     return x
 
 
-def load_transfer_table(path: str | Path) -> TransferTable:
-    """Read a CSV with columns source,target,score,baseline_score (others ignored); average repeated pairs."""
+def load_transfer_table(path: str | Path, targets: Collection[str] | None = None) -> TransferTable:
+    """Read a CSV with columns source,target,score,baseline_score (others ignored); average repeated pairs.
+
+    `targets`: keep only these (rows of other targets are not read further): a target the regime
+    did not learn (every score 0, relative gain undefined) can be left out of a shared table.
+    """
     sums: dict[tuple[str, str], list[float]] = {}
+    seen_targets: set[str] = set()
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         header = [c.strip() for c in reader.fieldnames or []]
@@ -82,6 +87,9 @@ def load_transfer_table(path: str | Path) -> TransferTable:
             source, target = (row.get("source") or "").strip(), (row.get("target") or "").strip()
             if not source or not target:
                 raise ValueError(f"line {line}: source and target must not be empty")
+            seen_targets.add(target)
+            if targets is not None and target not in targets:
+                continue
             score = _float(row.get("score"), "score", line)
             baseline = _float(row.get("baseline_score"), "baseline_score", line)
             if baseline == 0:
@@ -92,6 +100,9 @@ def load_transfer_table(path: str | Path) -> TransferTable:
             acc[0] += score
             acc[1] += baseline
             acc[2] += 1
+    unknown = sorted(set(targets or ()) - seen_targets)
+    if unknown:
+        raise ValueError(f"{path}: no rows for target(s) {', '.join(unknown)}")
     if not sums:
         raise ValueError(f"{path}: no transfer rows")
     table: dict[str, dict[str, Transfer]] = {}

@@ -111,6 +111,10 @@ def test_evaluate_prints_metrics_per_method_and_baselines(env, default_library, 
     assert result["targets"] == ["mrpc", "rte"] and result["missing_sources"] == {}
     # DataSize: qqp (10,000 rows) is the largest mrpc source and the best one: rho 1 for mrpc.
     assert result["methods"]["datasize"]["per_target"]["mrpc"]["rho"] == 1.0
+    code, out, _ = run(capsys, "evaluate", str(table), "--json", "--targets", "rte")
+    only_rte = json.loads(out)
+    assert code == 0 and only_rte["targets"] == ["rte"]
+    assert only_rte["methods"]["taskemb"]["per_target"]["rte"] == result["methods"]["taskemb"]["per_target"]["rte"]
 
 
 def test_evaluate_errors_are_one_line(env, default_library, tmp_path, capsys) -> None:

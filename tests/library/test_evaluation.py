@@ -78,6 +78,17 @@ def test_load_transfer_table_averages_seeds(tmp_path: Path) -> None:
     assert table.scores("T") == {"a": 61.0, "b": 45.0}
 
 
+def test_load_transfer_table_keeps_only_chosen_targets(tmp_path: Path) -> None:
+    """A target the regime did not learn (baseline 0: gain undefined) can be left out."""
+    path = _write(tmp_path, "source,target,score,baseline_score\na,T,60,50\na,U,0,0\nb,T,40,50\n")
+    with pytest.raises(ValueError, match="line 3: baseline_score must be non-zero"):
+        load_transfer_table(path)
+    table = load_transfer_table(path, targets={"T"})
+    assert table.targets() == ["T"] and table.gains("T") == pytest.approx({"a": 20.0, "b": -20.0})
+    with pytest.raises(ValueError, match="no rows for target.*V"):
+        load_transfer_table(path, targets={"T", "V"})
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
