@@ -106,7 +106,7 @@ def cmd_rank(args: argparse.Namespace, settings: Settings) -> int:
     if not ranking.sources:
         _echo(f"no {ranking.target.task_type} source tasks in the library; try --all-class")
         return 0
-    score = "cosine" if args.method in ("textemb", "semb") else "RRF"
+    score = "similarity" if args.method in ("textemb", "semb") else "RRF"
     rows = [
         [str(s.rank), s.name, s.task_type, f"{s.score:.4f}", _explain(args.method, s.details)]
         for s in ranking.sources

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         "flat", description="FAISS index over the library: exact (flat) or approximate (hnsw) for 100k+ sources.")
     hnsw_ef_search: int = Field(
         512, ge=1, description="HNSW search depth; 512 gave recall@10 >= 0.99 at 100k x 768 in bench/rank.py.")
+    similarity: Literal["centred", "cosine"] = Field(
+        "centred", description="Ranking similarity: cosine after subtracting the library's mean vector (fewer "
+                               "hub sources; README, Selection quality), or plain cosine (Vu et al. 2020).")
 
     # Service
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")

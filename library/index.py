@@ -1,6 +1,11 @@
 """FAISS indexes over the library's vectors, one per (model_name, method, component), cached on disk.
 
-Vectors are L2-normalised, so inner product = cosine similarity. FAISS ids are source task ids.
+Vectors are L2-normalised, so inner product = cosine similarity. With `similarity="centred"` the
+library's mean (of the normalised vectors) is subtracted from every vector and from the query, which
+are then normalised again: the direction every task shares no longer decides the ranking, so tasks
+near that mean stop being everybody's nearest neighbour ("hubs"; README, Selection quality). The
+mean is stored in the sidecar, and any change of the library rebuilds the index, so the mean is
+always the current library's. FAISS ids are source task ids.
 The database stays the source of truth: an index file carries a JSON sidecar (library version,
 task id -> embedding row id, checksum of the index bytes), and `LibraryIndexes` rebuilds any index
 whose files are missing, corrupt or disagree with the database (e.g. after a crash between the
@@ -26,6 +31,7 @@ from library.errors import LibraryError
 from library.store import EmbeddingSet, LibraryStore
 
 IndexKind = Literal["flat", "hnsw"]
+Similarity = Literal["cosine", "centred"]
 SIDECAR_FORMAT = 1
 
 
@@ -39,6 +45,8 @@ class IndexInfo:
     component: str
     dimension: int
     kind: IndexKind = "flat"
+    similarity: Similarity = "cosine"
+    centre: list[float] | None = None  # "centred": the mean of the library's normalised vectors
     library_version: str = ""
     names: dict[int, str] = field(default_factory=dict)  # task id -> task name
     embedding_ids: dict[int, int] = field(default_factory=dict)  # task id -> task_embeddings row id
@@ -47,6 +55,8 @@ class IndexInfo:
         return {
             "format": SIDECAR_FORMAT,
             "kind": self.kind,
+            "similarity": self.similarity,
+            "centre": self.centre,
             "model_name": self.model_name,
             "model_hash": self.model_hash,
             "method": self.method,
@@ -70,6 +80,8 @@ class IndexInfo:
             component=data["component"],
             dimension=int(data["dimension"]),
             kind=data["kind"],
+            similarity=data.get("similarity", "cosine"),
+            centre=data.get("centre"),
             library_version=data["library_version"],
             names={int(i): str(n) for i, n in data["ids"].items()},
             embedding_ids={int(i): int(e) for i, e in data.get("embedding_ids", {}).items()},
@@ -121,7 +133,9 @@ class VectorIndex:
         return inner
 
     @classmethod
-    def from_embedding_set(cls, es: EmbeddingSet, kind: IndexKind = "flat", **kwargs: Any) -> VectorIndex:
+    def from_embedding_set(
+        cls, es: EmbeddingSet, kind: IndexKind = "flat", similarity: Similarity = "cosine", **kwargs: Any
+    ) -> VectorIndex:
         """Build from the database's vectors of one key."""
         if not len(es.ids):
             raise LibraryError(
@@ -134,8 +148,11 @@ class VectorIndex:
             component=es.component,
             dimension=es.dimension,
             kind=kind,
+            similarity=similarity,
             library_version=es.library_version,
         )
+        if similarity == "centred" and len(es.ids) > 1:  # one vector minus itself has no direction
+            info.centre = normalize_rows(es.matrix).mean(axis=0).tolist()
         index = cls(info, **kwargs)
         index.add(es.ids, es.matrix, names=es.names, embedding_ids=es.embedding_ids.tolist())
         return index
@@ -148,6 +165,20 @@ class VectorIndex:
         """Stored ids (int64), in FAISS's internal order."""
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
+    def prepare(self, vectors: np.ndarray) -> np.ndarray:
+        """What is stored or searched for a vector: normalised, then centred and normalised again.
+
+        A vector that is the library's mean has no direction left once centred: it stays zero (its
+        similarity to every source is 0) rather than being an error.
+        """
+        x = normalize_rows(vectors)
+        if self.info.centre is None:
+            return x
+        x -= np.asarray(self.info.centre, dtype=np.float32)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x /= np.where(norms > 1e-6, norms, np.inf)
+        return np.ascontiguousarray(x)
+
     def add(
         self,
         ids: np.ndarray | list[int],
@@ -156,9 +187,9 @@ class VectorIndex:
         names: list[str] | None = None,
         embedding_ids: list[int] | None = None,
     ) -> None:
-        """Add vectors (normalised here) under the given ids; an id already present is an error."""
+        """Add vectors (prepared here) under the given ids; an id already present is an error."""
         ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-        x = normalize_rows(vectors)
+        x = self.prepare(vectors)
         if x.shape != (len(ids_arr), self.info.dimension):
             raise LibraryError(
                 f"expected {len(ids_arr)} vectors of dimension {self.info.dimension}, got {x.shape}"
@@ -212,7 +243,7 @@ class VectorIndex:
         model_name: str | None = None,
         model_hash: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (ids, cosine similarities), best first; pass model_name/model_hash to have them checked."""
+        """Top-k (ids, similarities), best first; pass model_name/model_hash to have them checked."""
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if model_name is not None or model_hash is not None:
             self.check_compatible(
@@ -227,7 +258,7 @@ class VectorIndex:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if self.info.kind == "hnsw":
             faiss.downcast_index(self.index.index).hnsw.efSearch = max(self.ef_search, k)
-        sims, ids = self.index.search(normalize_rows(q), k)
+        sims, ids = self.index.search(self.prepare(q), k)
         found = ids[0] >= 0
         return ids[0][found].astype(np.int64), sims[0][found].astype(np.float32)
 
@@ -293,11 +324,17 @@ class LibraryIndexes:
     """
 
     def __init__(
-        self, store: LibraryStore, index_dir: str | Path, kind: IndexKind = "flat", **index_kwargs: Any
+        self,
+        store: LibraryStore,
+        index_dir: str | Path,
+        kind: IndexKind = "flat",
+        similarity: Similarity = "cosine",
+        **index_kwargs: Any,
     ):
         self.store = store
         self.index_dir = Path(index_dir)
         self.kind: IndexKind = kind
+        self.similarity: Similarity = similarity
         self.index_kwargs = index_kwargs
         self._cache: dict[tuple[str, str, str], VectorIndex] = {}
         self._lock = threading.Lock()
@@ -316,7 +353,7 @@ class LibraryIndexes:
             index = self._load_checked(key, version)
             if index is None:
                 index = VectorIndex.from_embedding_set(
-                    self.store.embedding_set(*key), self.kind, **self.index_kwargs
+                    self.store.embedding_set(*key), self.kind, self.similarity, **self.index_kwargs
                 )
                 index.save(self.index_dir)
                 self.rebuilds += 1
@@ -329,7 +366,7 @@ class LibraryIndexes:
             index = VectorIndex.load(self.path(*key), **self.index_kwargs)
         except LibraryError:
             return None
-        if index.info.kind != self.kind:
+        if index.info.kind != self.kind or index.info.similarity != self.similarity:
             return None
         if index.info.library_version != version:
             if index.info.embedding_ids != self.store.embedding_ids(*key):

@@ -444,10 +444,14 @@ class JobStore:
             return _job(row)
 
     def progress(self, job_id: str, done: int, total: int, stage: str | None = None) -> bool:
-        """Record progress and ETA; returns False when cancellation was requested (the worker stops)."""
+        """Record progress and ETA; returns False when cancellation was requested (the worker stops).
+
+        A job whose cancellation was requested keeps the progress it had then: a report that arrives
+        later (even a last one at 100%) is of work that will be thrown away.
+        """
         with self.session() as s:
             row = s.get(JobRow, job_id)
-            if row is None:
+            if row is None or row.cancel_requested:
                 return False
             now = _now()
             row.done, row.total, row.updated_at = int(done), int(total), now
@@ -458,7 +462,7 @@ class JobStore:
                 row.eta_seconds = elapsed / done * (total - done)
             elif done >= total:
                 row.eta_seconds = 0.0
-            return not row.cancel_requested
+            return True
 
     def succeed_job(self, job_id: str, result: dict[str, Any]) -> bool:
         return self._finish(job_id, JobState.SUCCEEDED, result=result)

@@ -1,6 +1,6 @@
 """Rank the library's source tasks for a target by embedding similarity (Vu et al. 2020).
 
-TextEmb and SEmb rank by the cosine similarity of one vector. TaskEmb has one vector per Fisher
+TextEmb and SEmb rank by the (library-centred, by default) cosine similarity of one vector. TaskEmb has one vector per Fisher
 component; each component ranks the sources and the rankings are fused with reciprocal rank fusion
 (RRF, k=60), which needs no score calibration across components. The ensemble fuses the TextEmb,
 SEmb and fused TaskEmb rankings the same way.
@@ -15,7 +15,7 @@ from typing import Any
 
 from embeddings.result import EmbeddingResult
 from library.errors import LibraryError
-from library.index import IndexKind, LibraryIndexes
+from library.index import IndexKind, LibraryIndexes, Similarity
 from library.store import LibraryStore, SourceTask
 
 RRF_K = 60
@@ -36,7 +36,7 @@ class RankedSource:
     name: str
     task_type: str
     num_train: int
-    score: float  # fused RRF score; the cosine similarity for textemb / semb
+    score: float  # fused RRF score; the similarity for textemb / semb
     rank: int  # 1-based
     details: dict[str, dict[str, float | int]] = field(default_factory=dict)  # part -> {"rank", "similarity"}
 
@@ -103,10 +103,15 @@ class SourceLibrary:
     """The ranking entry point: a store plus its (lazily rebuilt) FAISS indexes."""
 
     def __init__(
-        self, store: LibraryStore, index_dir: str | Path, kind: IndexKind = "flat", **index_kwargs: Any
+        self,
+        store: LibraryStore,
+        index_dir: str | Path,
+        kind: IndexKind = "flat",
+        similarity: Similarity = "centred",
+        **index_kwargs: Any,
     ):
         self.store = store
-        self.indexes = LibraryIndexes(store, index_dir, kind=kind, **index_kwargs)
+        self.indexes = LibraryIndexes(store, index_dir, kind=kind, similarity=similarity, **index_kwargs)
 
     def rank(
         self,

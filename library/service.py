@@ -33,6 +33,7 @@ class LibraryService:
     token_budget: int = 0
     index_kind: str = "flat"
     hnsw_ef_search: int = 512
+    similarity: str = "centred"
     default_import: ImportReport | None = None
     _library: SourceLibrary | None = field(default=None, repr=False)
     _encoder: Encoder | None = field(default=None, repr=False)
@@ -50,6 +51,7 @@ class LibraryService:
             token_budget=settings.max_tokens_per_batch,
             index_kind=getattr(settings, "index_kind", "flat"),
             hnsw_ef_search=getattr(settings, "hnsw_ef_search", 512),
+            similarity=getattr(settings, "similarity", "centred"),
         )
         if ensure_default:
             service.default_import = ensure_default_library(store)
@@ -68,7 +70,9 @@ class LibraryService:
     def library(self) -> SourceLibrary:
         if self._library is None:
             extra = {"ef_search": self.hnsw_ef_search} if self.index_kind == "hnsw" else {}
-            self._library = SourceLibrary(self.store, self.index_dir, kind=self.index_kind, **extra)
+            self._library = SourceLibrary(
+                self.store, self.index_dir, kind=self.index_kind, similarity=self.similarity, **extra  # type: ignore[arg-type]
+            )
         return self._library
 
     @property

@@ -19,9 +19,10 @@ from library.jobs import Job, JobState, StoredDataset, StoredRanking
 router = APIRouter(prefix="/rankings", tags=["rankings"])
 
 
-def request_key(content_hash: str, model: str, library_version: str, body: RankingCreate) -> str:
-    """Same data, model, library and options: the same ranking, answered from the store."""
-    parts = [content_hash, model, library_version, body.method, body.top_k, body.all_class]
+def request_key(content_hash: str, model: str, library_version: str, body: RankingCreate,
+                similarity: str) -> str:
+    """Same data, model, library, similarity and options: the same ranking, answered from the store."""
+    parts = [content_hash, model, library_version, similarity, body.method, body.top_k, body.all_class]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -65,7 +66,8 @@ class _Lookup:
 def _lookup(services: Services, owner: str | None, body: RankingCreate) -> _Lookup:
     jobs, settings = services.jobs, services.settings
     dataset = _get_visible(jobs, settings, owner, body.dataset_id)
-    key = request_key(dataset.content_hash, settings.model, services.library.store.version(), body)
+    key = request_key(dataset.content_hash, settings.model, services.library.store.version(), body,
+                      settings.similarity)
     return _Lookup(dataset, key, *jobs.find_ranking_with_job(key))
 
 

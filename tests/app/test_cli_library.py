@@ -177,7 +177,7 @@ def test_rank_prints_a_table(env, default_library, target_file, capsys) -> None:
     assert lines[0].startswith(
         "my_rte (classification, 40 rows): top 5 by textemb over all task types; library r"
     )
-    assert lines[1].split()[:5] == ["rank", "source", "task", "type", "cosine"]
+    assert lines[1].split()[:5] == ["rank", "source", "task", "type", "similarity"]
     ranked = lines[3:]
     assert len(ranked) == 5 and [r.split()[0] for r in ranked] == ["1", "2", "3", "4", "5"]
     assert all("cos 0." in r for r in ranked)

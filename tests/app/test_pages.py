@@ -283,6 +283,6 @@ def test_single_method_ranking_page(client, service_settings, shared_data, tmp_p
     submitted = client.post("/rankings", json={"dataset_id": dataset["id"], "method": "semb", "top_k": 2}).json()
     run_queued_jobs(service_settings)
     html = client.get(f"/rankings/{submitted['id']}/view").text
-    assert ">SEmb</th>" in html and "cosine similarity" in html and "The score is the cosine similarity" in html
+    assert ">SEmb</th>" in html and "centring on the library's mean" in html and "The score is that similarity" in html
     assert html.count('class="point ranked"') == 2 and 'id="map-target"' in html
     assert "PCA of the L2-normalised SEmb vectors" in html

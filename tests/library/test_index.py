@@ -218,3 +218,63 @@ def test_hnsw_remove_and_persist(tmp_path) -> None:
     loaded = VectorIndex.load(index.save(tmp_path))
     assert loaded.info.kind == "hnsw"
     np.testing.assert_array_equal(loaded.search(data[5], 5)[0], index.search(data[5], 5)[0])
+
+
+def test_centred_similarity_is_cosine_after_removing_the_library_mean(sqlite_store: LibraryStore, tmp_path) -> None:
+    vectors = _fill(sqlite_store, 12)
+    indexes = LibraryIndexes(sqlite_store, tmp_path / "idx", similarity="centred")
+    index = indexes.get(MODEL, "semb", "sentence")
+    ids = sorted(vectors)
+    units = np.stack([vectors[i] / np.linalg.norm(vectors[i]) for i in ids])
+    centre = units.mean(axis=0)
+    np.testing.assert_allclose(index.info.centre, centre, atol=1e-6)
+    query = np.random.default_rng(3).normal(size=DIM)
+    expected = _cosine(units - centre, query / np.linalg.norm(query) - centre)
+    found, sims = index.search(query, len(ids))
+    assert found.tolist() == [ids[j] for j in np.argsort(-expected)]
+    np.testing.assert_allclose(sims, np.sort(expected)[::-1], atol=1e-5)
+
+    # The centre and the choice survive a reload; asking for plain cosine rebuilds the index.
+    again = LibraryIndexes(sqlite_store, tmp_path / "idx", similarity="centred")
+    assert again.get(MODEL, "semb", "sentence").info.centre == index.info.centre and again.rebuilds == 0
+    cosine = LibraryIndexes(sqlite_store, tmp_path / "idx", similarity="cosine")
+    plain = cosine.get(MODEL, "semb", "sentence")
+    assert cosine.rebuilds == 1 and plain.info.centre is None
+    np.testing.assert_allclose(plain.search(query, len(ids))[1], np.sort(_cosine(units, query))[::-1], atol=1e-5)
+
+    # A library change moves the centre with it.
+    sqlite_store.remove_task("task00")
+    moved = indexes.get(MODEL, "semb", "sentence")
+    np.testing.assert_allclose(moved.info.centre, units[1:].mean(axis=0), atol=1e-6)
+
+
+def test_centring_stops_a_hub_from_being_everybodys_nearest_source(sqlite_store: LibraryStore, tmp_path) -> None:
+    """Every vector is a large shared direction c + a direction it shares with its twin (weight 1)
+    + a private one (weight 2); the hub is c alone. By cosine the hub is nearer to every query
+    than the query's twin (the private parts weigh more than the shared one); centred on the
+    library's mean, the twin is nearest."""
+    n, dim = 24, 96  # a library of about the shipped one's size (30)
+    eye = np.eye(dim)
+    common = np.random.default_rng(5).normal(size=dim) * 4
+    twins = {}
+    for k in range(n):
+        task = sqlite_store.add_task(f"t{k}", "classification", num_train=10, data_hash=data_hash(f"t{k}"))
+        vector = common + eye[k] + 2 * eye[n + k]
+        sqlite_store.add_embedding(task.id, make_result("semb", {"sentence": vector}))
+        twins[k] = task.id
+    hub = sqlite_store.add_task("hub", "classification", num_train=10, data_hash=data_hash("hub"))
+    sqlite_store.add_embedding(hub.id, make_result("semb", {"sentence": common}))
+    for similarity, nearest_is_hub in (("cosine", True), ("centred", False)):
+        index = LibraryIndexes(sqlite_store, tmp_path / similarity, similarity=similarity).get(MODEL, "semb", "sentence")
+        for k in range(n):
+            found, _ = index.search(common + eye[k] + 2 * eye[2 * n + k], 1)
+            assert found[0] == (hub.id if nearest_is_hub else twins[k]), (similarity, k)
+
+
+def test_a_vector_at_the_library_mean_is_similar_to_nothing(sqlite_store: LibraryStore, tmp_path) -> None:
+    for name in ("a", "b"):
+        task = sqlite_store.add_task(name, "classification", num_train=10, data_hash=data_hash(name))
+        sqlite_store.add_embedding(task.id, make_result("semb", {"sentence": np.ones(DIM)}))
+    index = LibraryIndexes(sqlite_store, tmp_path / "idx", similarity="centred").get(MODEL, "semb", "sentence")
+    ids, sims = index.search(np.ones(DIM), 2)
+    assert len(ids) == 2 and np.all(sims == 0)

@@ -42,10 +42,12 @@ def test_cancellation_of_queued_and_running_jobs(jobs):
     assert jobs.start_job(queued.id) is None
     running = jobs.create_job("rank", params={})
     jobs.start_job(running.id)
+    assert jobs.progress(running.id, 3, 10) is True
     assert jobs.request_cancel(running.id).state == JobState.RUNNING  # stops at its next report
-    assert jobs.progress(running.id, 1, 10) is False
+    assert jobs.progress(running.id, 10, 10) is False
     assert jobs.mark_cancelled(running.id)
-    assert jobs.get_job(running.id).state == JobState.CANCELLED
+    stopped = jobs.get_job(running.id)
+    assert stopped.state == JobState.CANCELLED and stopped.done == 3  # where it was when cancelled
 
 
 def test_rankings_are_unique_per_request_key(jobs):

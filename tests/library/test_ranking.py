@@ -34,7 +34,7 @@ TARGET_TASKEMB = {"cls_output": np.array([1.0, 0.0]), "layer_0.output": np.array
 
 @pytest.fixture
 def library(sqlite_store: LibraryStore, tmp_path) -> SourceLibrary:
-    return SourceLibrary(sqlite_store, tmp_path / "idx")
+    return SourceLibrary(sqlite_store, tmp_path / "idx", similarity="cosine")  # these tests check cosine arithmetic
 
 
 def test_taskemb_rrf_arithmetic(library: SourceLibrary, add_source: AddSource) -> None:
@@ -175,8 +175,8 @@ def test_service_can_serve_the_library_from_an_hnsw_index(sqlite_store: LibraryS
     for name, cos in [("far", 0.1), ("near", 0.9), ("mid", 0.5), ("close", 0.7)]:
         add_source(name, s=make_result("semb", {"sentence": unit(cos)}))
     query = {"semb": make_result("semb", {"sentence": np.array([1.0, 0.0])})}
-    exact = SourceLibrary(sqlite_store, tmp_path / "flat").rank(query, "semb")
-    settings = Settings(data_dir=tmp_path / "data", index_kind="hnsw", hnsw_ef_search=64)
+    exact = SourceLibrary(sqlite_store, tmp_path / "flat", similarity="cosine").rank(query, "semb")
+    settings = Settings(data_dir=tmp_path / "data", index_kind="hnsw", hnsw_ef_search=64, similarity="cosine")
     with LibraryService.from_settings(settings, ensure_default=False) as service:
         approximate = service.library.rank(query, "semb")
         index = next(iter(service.library.indexes._cache.values()))

@@ -134,7 +134,8 @@ def test_taskemb_explanation_has_one_rank_per_component(library, encoder, shared
 @pytest.mark.parametrize("method", ["textemb", "semb", "taskemb", "ensemble"])
 def test_selection_variants_bench_ranks_like_the_service(library: SourceLibrary, method: str) -> None:
     """bench/selection_variants.py re-implements the ranking to try other similarities; its `cosine`
-    variant must be exactly what the service ranks by, or its comparisons mean nothing."""
+    variant must be exactly what the service ranks by with TASKRANK_SIMILARITY=cosine, or its
+    comparisons mean nothing."""
     from bench.selection_variants import ENSEMBLE_OF, load_library, method_ranks, ranks_by, rrf
     from library.service import stored_targets
 
@@ -143,7 +144,8 @@ def test_selection_variants_bench_ranks_like_the_service(library: SourceLibrary,
     task = {t.name: t for t in library.store.list_tasks()}["stsb"]
     stored = stored_targets(library.store, task)
     needed = ("textemb", "semb", "taskemb") if method == "ensemble" else (method,)
-    served = library.rank({m: stored[m] for m in needed}, method, top_k=len(tasks), all_class=True).names()
+    cosine = SourceLibrary(library.store, library.indexes.index_dir.parent / "cosine-indexes", similarity="cosine")
+    served = cosine.rank({m: stored[m] for m in needed}, method, top_k=len(tasks), all_class=True).names()
     if method == "ensemble":
         ranks = ranks_by(rrf([method_ranks(vectors, tasks, "stsb", m, "cosine") for m in ENSEMBLE_OF]))
     else:
