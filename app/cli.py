@@ -255,6 +255,18 @@ def _prepare_shared_state(settings: Settings) -> None:
     LibraryService.from_settings(settings).close()
 
 
+def _die_with_parent() -> None:
+    """In the forked worker (Linux): SIGTERM when `serve` exits, even by SIGKILL, so that no worker
+    outlives the service it belongs to (the tests found them left behind after a hard stop)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (AttributeError, OSError):  # not Linux: the `finally` below still stops it on a clean exit
+        pass
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """The API plus one real worker process; embedded broker and SQLite unless configured otherwise."""
     import signal
@@ -271,7 +283,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_worker:
         command = worker_command(settings, "embed,train", settings.worker_concurrency,
                                  f"embedded@{socket.gethostname()}")
-        worker = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        worker = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     host, port = args.host or settings.host, args.port or settings.port
     broker = "embedded SQLite broker" if settings.embedded_broker else settings.resolved_broker_url.split("@")[-1]
     print(f"taskrank: http://{host}:{port}/  (API docs at /docs; data in {settings.data_dir.resolve()}; "
