@@ -48,8 +48,8 @@ async def create_ranking(body: RankingCreate, request: Request, response: Respon
     # else (a new job, a failed one to retry, a race) in one thread-pool hop.
     started = time.perf_counter()
     services = get_services(request)
-    answer = await store_read(services, _stored_answer, services, owner, body)
-    public, code = answer or await run_in_threadpool(_create_or_find, services, owner, body)
+    found, answer = await store_read(services, _stored_answer, services, owner, body)
+    public, code = answer or await run_in_threadpool(_create, services, owner, body, found)
     response.status_code = code
     response.headers["Server-Timing"] = server_timing(started)
     return public
@@ -82,20 +82,21 @@ def _answer(services: Services, owner: str | None, found: _Lookup) -> tuple[Rank
     return ranking_public(existing, services.jobs, cached=existing.result is not None, job=job), code
 
 
-def _stored_answer(services: Services, owner: str | None, body: RankingCreate) -> tuple[RankingPublic, int] | None:
-    """The hot path: reads only."""
-    return _answer(services, owner, _lookup(services, owner, body))
-
-
-def _create_or_find(services: Services, owner: str | None, body: RankingCreate) -> tuple[RankingPublic, int]:
-    jobs = services.jobs
+def _stored_answer(services: Services, owner: str | None,
+                   body: RankingCreate) -> tuple[_Lookup, tuple[RankingPublic, int] | None]:
+    """The hot path: reads only. The lookup goes on to `_create` when there is no answer."""
     found = _lookup(services, owner, body)
-    answer = _answer(services, owner, found)
-    if answer is not None:
-        return answer
-    dataset, key = found.dataset, found.key
-    if found.existing_job is not None and found.existing_job.state in (JobState.FAILED, JobState.CANCELLED):
-        jobs.forget_ranking(found.existing.id)  # type: ignore[union-attr]  # a failed attempt is not an answer
+    return found, _answer(services, owner, found)
+
+
+def _create(services: Services, owner: str | None, body: RankingCreate,
+            found: _Lookup) -> tuple[RankingPublic, int]:
+    """A new ranking job for a request `_stored_answer` could not answer (a race is settled by the
+    unique request key in `add_ranking`)."""
+    jobs, dataset, key = services.jobs, found.dataset, found.key
+    if found.existing is not None and found.existing_job is not None \
+            and found.existing_job.state in (JobState.FAILED, JobState.CANCELLED):
+        jobs.forget_ranking(found.existing.id)  # a failed attempt is not an answer: try again
     job = jobs.create_job("rank", params={"method": body.method, "top_k": body.top_k, "all_class": body.all_class},
                           dataset_id=dataset.id, queue="embed", owner=owner)
     ranking, created = jobs.add_ranking(request_key=key, dataset_id=dataset.id, job_id=job.id, method=body.method,
