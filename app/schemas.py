@@ -239,7 +239,7 @@ class TransferCombinedPublic(TransferRunPublic):
     trained_parameters: int | None = Field(None, description="Parameters trained in stage 2, heads included.")
     method_parameters: int | None = Field(None, description="The same without the task heads.")
     weight_kind: str | None = Field(None, description="scale (ScaLearn), attention (AdapterFusion), gate (PEMT), "
-                                                      "task_steps (CA-MTL: share of training steps).")
+                                                      "task_examples (CA-MTL: share of training examples).")
     weights: dict[str, float] | None = Field(None, description="Per source key (and 'target' where its own "
                                                                "adapter or head takes part).")
     single_adapter_mean: float | None = Field(None, description="The target's own adapter alone, mean over seeds.")

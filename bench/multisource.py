@@ -212,7 +212,7 @@ def main() -> int:
                 report.scores, report.trained_parameters, [r["seconds"] for r in report.runs],
                 method_parameters=report.method_parameters, weight_kind=report.weight_kind,
                 weights={k: round(v, 4) for k, v in (report.source_weights or {}).items()},
-                **({"task_steps": [r["task_steps"] for r in report.runs]} if method == "camtl" else {}))
+                **({"task_examples": [r["task_examples"] for r in report.runs]} if method == "camtl" else {}))
             log(f"{target} {method}: {report.mean:.2f} ± {report.std:.2f}, {report.trained_parameters:,} params")
         results[target] = entry
     document = {

@@ -16,18 +16,22 @@ Embeddings and the lower `freeze_encoder_layers` layers stay frozen (as CA-MTL f
 half); the upper layers, the conditional modules, the task embeddings and the heads train. The
 modules attach to a Hugging Face BERT-style encoder (BertModel, the default MiniLM) by forward hooks.
 
-Task sampling, one task per optimiser step:
+Task sampling:
 
-* "uncertainty" (MT-Uncertainty): each task holds its next batch as a candidate, scored by the
-  mean normalised entropy of the model's predictions on it (entropy / its maximum: 1 for uniform
-  predictions; for QA the start and end distributions over the window; for tagging over first
-  sub-tokens); the most uncertain task trains. A regression head predicts a point, not a
-  distribution, so its uncertainty is the share of variance it leaves unexplained: a running mean
-  of its training MSE on standardised labels, capped at 1 (1 = no better than the mean). A trained task gets a new scored candidate; all candidates are rescored every
-  `rescore_every` steps (default: the number of tasks) so stale scores cannot starve a task.
-  CA-MTL ranks single examples across tasks; choosing whole per-task batches is the per-task
-  simplification that keeps one head per batch.
-* "uniform": a task drawn uniformly per step;
+* "uncertainty" (MT-Uncertainty, Algorithm 1 of the paper and its reference trainer): every task
+  holds a candidate batch of `batch_size` examples; each candidate gets its normalised entropy
+  e_i (entropy of the model's prediction / its maximum: 1 for uniform predictions; for QA the
+  start and end distributions over the window; for tagging the mean over first sub-tokens), each
+  task the mean m_t of its candidates' entropies, and the step trains on the `batch_size`
+  candidates with the highest U_i = e_i * m_t / max_t m_t, from whichever tasks they come: one
+  mixed batch, the task embedding chosen per example, the loss the mean of the tasks' mean losses
+  (as the reference trainer). A regression head predicts a point, not a distribution, so its
+  candidates' uncertainty is the share of variance it leaves unexplained: a running mean of its
+  training MSE on standardised labels, capped at 1. Chosen candidates are replaced by the task's
+  next rows and scored; all candidates are rescored every `rescore_every` steps (default: the
+  number of tasks). Unlike the reference, unchosen candidates stay in the pool instead of being
+  dropped, so each scoring forward pass is used, which keeps a step's cost near a plain step's.
+* "uniform": a task drawn uniformly per step, a batch of its rows;
 * "sequential": every task for one pass over its rows in turn, sources first, the target last.
 
 Runs for all four task types (heads are embeddings/heads.py's), for the target and the sources.
@@ -171,9 +175,12 @@ class ConditionalEncoder(nn.Module):
         layer.output.dense.register_forward_hook(adapter_hook)
         layer.output.LayerNorm.register_forward_hook(norm_hook("output"))
 
-    def forward(self, task: int, **inputs: torch.Tensor) -> torch.Tensor:
-        z = self.task_embedding.weight[task].unsqueeze(0)  # (1, d): one task per batch
-        self._mods = {key: cond.modulation(z) for key, cond in self.conditioning.items()}
+    def forward(self, task: int | torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """`task`: one task for the batch, or one task id per row (a mixed MT-Uncertainty batch)."""
+        ids = torch.as_tensor(task, device=self.task_embedding.weight.device).reshape(-1)
+        z = self.task_embedding(ids)  # (1 or batch, d); modulations broadcast over the sequence
+        self._mods = {key: {name: m.unsqueeze(1) for name, m in cond.modulation(z).items()}
+                      for key, cond in self.conditioning.items()}
         try:
             return self.bert(**inputs).last_hidden_state
         finally:
@@ -199,6 +206,12 @@ class CamtlModel(nn.Module):
         states = self.encoder(task, **batch_inputs)
         return self.heads[task](states, batch_inputs["attention_mask"])
 
+    def forward_mixed(self, batch: MixedBatch) -> list[torch.Tensor]:
+        """One encoder pass over rows of several tasks; each task's rows go to its own head."""
+        states = self.encoder(batch.task_ids, **batch.inputs)
+        mask = batch.inputs["attention_mask"]
+        return [self.heads[task](states[rows], mask[rows]) for task, rows in batch.groups]
+
     def new_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"tasks": self.encoder.task_embedding, "conditioning": self.encoder.conditioning,
                               "heads": self.heads})
@@ -218,13 +231,13 @@ class TaskView(nn.Module):
 @dataclass
 class CamtlReport:
     result: FinetuneResult
-    task_steps: dict[str, int]  # optimiser steps spent on each task
+    task_examples: dict[str, int]  # training examples each task contributed
     frozen_layers: int
     options: dict[str, Any]
 
 
-def normalised_entropy(task_type: TaskType, logits: torch.Tensor, batch: Batch) -> float:
-    """Mean predictive entropy over the batch divided by its maximum (1 = uniform predictions)."""
+def example_uncertainty(task_type: TaskType, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Per-example predictive entropy divided by its maximum (1 = uniform predictions)."""
     logits = logits.detach().float()
     if task_type == TaskType.REGRESSION:
         raise ValueError("a regression head has no predictive distribution: use its unexplained variance")
@@ -233,29 +246,86 @@ def normalised_entropy(task_type: TaskType, logits: torch.Tensor, batch: Batch) 
         values = []
         for k in range(2):
             logp = torch.log_softmax(logits[..., k], dim=-1)
-            entropy = -(logp.exp() * logp).sum(dim=-1)
-            values.append(entropy / lengths.log())
-        return float(torch.stack(values).mean())
+            values.append(-(logp.exp() * logp).sum(dim=-1) / lengths.log())
+        return torch.stack(values).mean(dim=0)
     logp = torch.log_softmax(logits, dim=-1)
     entropy = -(logp.exp() * logp).sum(dim=-1) / math.log(logits.shape[-1])
     if task_type == TaskType.SEQUENCE_LABELING:
         assert batch.labels is not None
-        mask = batch.labels != IGNORE_INDEX
-        return float(entropy[mask].mean()) if bool(mask.any()) else 0.0
-    return float(entropy.mean())
+        mask = (batch.labels != IGNORE_INDEX).float()
+        return (entropy * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    return entropy
 
 
-class _TaskBatches:
-    """Shuffled passes over one task's features, batch by batch."""
+def normalised_entropy(task_type: TaskType, logits: torch.Tensor, batch: Batch) -> float:
+    """Mean of `example_uncertainty` over the batch."""
+    return float(example_uncertainty(task_type, logits, batch).mean())
 
-    def __init__(self, features: Features, batch_size: int, rng: np.random.Generator) -> None:
-        self.features, self.batch_size, self.rng = features, batch_size, rng
+
+def select_uncertain(scores: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
+    """MT-Uncertainty's choice: the `size` candidates with the highest e_i * m_t / max_t m_t.
+
+    `scores[t]` holds the normalised entropies e_i of task t's candidates; returns, per task, the
+    positions of its chosen candidates (ties go to the earlier task and position).
+    """
+    means = np.array([float(np.mean(s)) if len(s) else 0.0 for s in scores])
+    top = float(means.max()) if len(means) else 0.0
+    weights = means / top if top > 0 else np.ones_like(means)
+    owner = np.concatenate([np.full(len(s), t) for t, s in enumerate(scores)]).astype(int)
+    position = np.concatenate([np.arange(len(s)) for s in scores]).astype(int)
+    value = np.concatenate([np.asarray(s, dtype=np.float64) * weights[t] for t, s in enumerate(scores)])
+    chosen = np.argsort(-value, kind="stable")[:size]
+    return [np.sort(position[chosen[owner[chosen] == t]]) for t in range(len(scores))]
+
+
+@dataclass
+class MixedBatch:
+    """Rows of several tasks padded to one width: one encoder pass, a head per task."""
+
+    inputs: dict[str, torch.Tensor]
+    task_ids: torch.Tensor
+    groups: list[tuple[int, slice]]  # (task, its rows)
+    parts: list[Batch]  # per task, for its labels
+
+
+def mixed_batch(features: Sequence[Features], chosen: dict[int, np.ndarray], device: torch.device,
+                with_labels: bool = True) -> MixedBatch:
+    chosen = {t: index for t, index in chosen.items() if len(index)}
+    width = max(len(features[t].input_ids[i]) for t, index in chosen.items() for i in index)
+    parts = [collate(features[t], index, device, pad_to=width, with_labels=with_labels)
+             for t, index in chosen.items()]
+    keys = parts[0].model_inputs().keys()
+    inputs = {key: torch.cat([part.model_inputs()[key] for part in parts]) for key in keys}
+    groups, start = [], 0
+    for t, part in zip(chosen, parts, strict=True):
+        groups.append((t, slice(start, start + len(part.index))))
+        start += len(part.index)
+    task_ids = torch.cat([torch.full((len(part.index),), t, dtype=torch.long) for t, part in zip(chosen, parts,
+                                                                                              strict=True)])
+    return MixedBatch(inputs, task_ids.to(device), groups, parts)
+
+
+class _TaskRows:
+    """Shuffled passes over one task's features."""
+
+    def __init__(self, features: Features, rng: np.random.Generator) -> None:
+        self.features, self.rng = features, rng
         self.order: list[int] = []
 
-    def next(self) -> np.ndarray:
+    def take(self, n: int) -> np.ndarray:
+        """The next `n` rows, across pass boundaries (`n` is capped at the task's size)."""
+        out: list[int] = []
+        for _ in range(min(n, len(self.features))):
+            if not self.order:
+                self.order = self.rng.permutation(len(self.features)).tolist()
+            out.append(self.order.pop())
+        return np.array(out, dtype=int)
+
+    def next_batch(self, batch_size: int) -> np.ndarray:
+        """The next batch of the current pass (shorter at its end)."""
         if not self.order:
             self.order = self.rng.permutation(len(self.features)).tolist()
-        return np.array([self.order.pop() for _ in range(min(self.batch_size, len(self.order)))])
+        return np.array([self.order.pop() for _ in range(min(batch_size, len(self.order)))], dtype=int)
 
 
 def train_camtl(train: Dataset, dev: Dataset, sources: list[Dataset], encoder: Encoder,
@@ -263,7 +333,7 @@ def train_camtl(train: Dataset, dev: Dataset, sources: list[Dataset], encoder: E
                 on_progress: ProgressFn = no_progress) -> tuple[CamtlReport, CamtlModel]:
     """Train the target (task 0) jointly with `sources`; the best target dev evaluation's weights are kept.
 
-    Steps: `options.epochs` passes over all tasks' rows together, one task's batch per step.
+    Steps: `options.epochs` passes' worth of batches over all tasks' rows together.
     """
     camtl = camtl or CamtlOptions()
     if not sources:
@@ -297,63 +367,75 @@ def train_camtl(train: Dataset, dev: Dataset, sources: list[Dataset], encoder: E
     optimiser, schedule = make_optimiser(groups, options, total_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     rng = np.random.default_rng(options.seed)
-    streams = [_TaskBatches(f, options.batch_size, rng) for f in features]
+    rows = [_TaskRows(f, rng) for f in features]
     sequence = [t for t in (*range(1, len(tasks)), 0) for _ in range(per_epoch[t])]
     rescore_every = camtl.rescore_every or len(tasks)
-    candidates: list[np.ndarray] = [s.next() for s in streams] if camtl.sampling == "uncertainty" else []
-    scores: list[float] = [0.0] * len(tasks)
-
+    uncertain = camtl.sampling == "uncertainty"
+    pool: list[np.ndarray] = [r.take(options.batch_size) for r in rows] if uncertain else []
+    pool_scores: list[np.ndarray] = [np.zeros(len(p)) for p in pool]
     unexplained = [1.0] * len(tasks)  # regression: running training MSE on standardised labels
 
-    def score(task: int) -> None:
-        if tasks[task].task_type == TaskType.REGRESSION:
-            scores[task] = min(1.0, unexplained[task])
+    def score(chosen: dict[int, np.ndarray]) -> None:
+        """Rescore pool positions `chosen[t]` of each task, one no-grad pass over all of them."""
+        chosen = {t: pos for t, pos in chosen.items() if len(pos)}
+        for t, pos in chosen.items():
+            if tasks[t].task_type == TaskType.REGRESSION:
+                pool_scores[t][pos] = min(1.0, unexplained[t])
+        scored = {t: pos for t, pos in chosen.items() if tasks[t].task_type != TaskType.REGRESSION}
+        if not scored:
             return
-        batch = collate(features[task], candidates[task], device)
+        batch = mixed_batch(features, {t: pool[t][pos] for t, pos in scored.items()}, device)
         model.eval()
         with torch.no_grad(), encoder.autocast():
-            logits = model(batch.model_inputs(), task)
-        scores[task] = normalised_entropy(tasks[task].task_type, logits, batch)
+            logits = model.forward_mixed(batch)
+        for (t, _), part, out in zip(batch.groups, batch.parts, logits, strict=True):
+            pool_scores[t][scored[t]] = example_uncertainty(tasks[t].task_type, out, part).cpu().numpy()
 
     main = main_metric(train.task_type, train.name)
     best, best_step, history = -math.inf, 0, []
     best_weights: dict[str, torch.Tensor] | None = None
-    task_steps = [0] * len(tasks)
+    task_examples = [0] * len(tasks)
     view = TaskView(model, 0)
     for step in range(1, total_steps + 1):
         if camtl.sampling == "uniform":
             task = int(rng.integers(len(tasks)))
-            index = streams[task].next()
+            chosen = {task: rows[task].next_batch(options.batch_size)}
         elif camtl.sampling == "sequential":
             task = sequence[(step - 1) % len(sequence)]
-            index = streams[task].next()
+            chosen = {task: rows[task].next_batch(options.batch_size)}
         else:
             if (step - 1) % rescore_every == 0:
-                for t in range(len(tasks)):
-                    score(t)
-            task = int(np.argmax(scores))
-            index = candidates[task]
-        batch = collate(features[task], index, device)
+                score({t: np.arange(len(p)) for t, p in enumerate(pool)})
+            positions = select_uncertain(pool_scores, options.batch_size)
+            chosen = {t: pool[t][pos] for t, pos in enumerate(positions) if len(pos)}
+        batch = mixed_batch(features, chosen, device)
         model.train()
         with encoder.autocast():
-            logits = model(batch.model_inputs(), task)
-        assert batch.labels is not None
-        loss = heads[task].per_example_loss(logits, batch.labels).mean()
+            logits = model.forward_mixed(batch)
+        losses = []
+        for (t, _), part, out in zip(batch.groups, batch.parts, logits, strict=True):
+            assert part.labels is not None
+            losses.append(heads[t].per_example_loss(out, part.labels).mean())
+            task_examples[t] += len(part.index)
+        loss = torch.stack(losses).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, options.max_grad_norm)
         optimiser.step()
         schedule.step()
-        task_steps[task] += 1
-        if tasks[task].task_type == TaskType.REGRESSION:
-            unexplained[task] = 0.9 * unexplained[task] + 0.1 * float(loss.detach())
-        if camtl.sampling == "uncertainty":
-            candidates[task] = streams[task].next()
-            score(task)
+        for (t, _), task_loss in zip(batch.groups, losses, strict=True):
+            if tasks[t].task_type == TaskType.REGRESSION:
+                unexplained[t] = 0.9 * unexplained[t] + 0.1 * float(task_loss.detach())
+        if uncertain:
+            for t, pos in enumerate(positions):
+                if len(pos):
+                    pool[t][pos] = rows[t].take(len(pos))
+            score({t: pos for t, pos in enumerate(positions)})
         on_progress(step, total_steps)
         if step % eval_every == 0 or step == total_steps:
             evaluated = evaluate_model(view, dev, dev_features, encoder, options, stats[0])  # type: ignore[arg-type]
-            history.append({"step": step, "loss": float(loss.detach()), "task": tasks[task].name, **evaluated})
+            tasks_in_step = ",".join(tasks[t].name for t, _ in batch.groups)
+            history.append({"step": step, "loss": float(loss.detach()), "task": tasks_in_step, **evaluated})
             if evaluated[main] > best:
                 best, best_step = evaluated[main], step
                 best_weights = trainable_state(model)
@@ -368,6 +450,6 @@ def train_camtl(train: Dataset, dev: Dataset, sources: list[Dataset], encoder: E
     counts: dict[str, int] = {}
     for i, task_data in enumerate(tasks):  # names may repeat (two uploads of one task): keep them apart
         name = "target" if i == 0 else task_data.name
-        counts[name if name not in counts else f"{name}#{i}"] = task_steps[i]
-    return CamtlReport(result=result, task_steps=counts, frozen_layers=conditional.frozen,
+        counts[name if name not in counts else f"{name}#{i}"] = task_examples[i]
+    return CamtlReport(result=result, task_examples=counts, frozen_layers=conditional.frozen,
                        options=asdict(camtl)), model

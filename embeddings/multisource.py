@@ -55,7 +55,7 @@ DEFAULT_COMBINATION_LR = {  # our defaults for the stage-2 parameters (AdapterFu
     "adapterfusion": 5e-5, "pemt": 5e-4,
 }
 WEIGHT_KIND = {**dict.fromkeys(SCALEARN_VARIANTS, "scale"), "adapterfusion": "attention", "pemt": "gate",
-               "camtl": "task_steps"}
+               "camtl": "task_examples"}
 
 
 @dataclass(frozen=True)
@@ -218,9 +218,9 @@ def multi_source_transfer(target_train: Dataset, target_dev: Dataset, sources: l
                                               replace(options.target, seed=seed), camtl, on_progress=report_progress)
             trained = trainable_parameters(camtl_model)
             method_params = trained - trainable_parameters(camtl_model.heads)
-            run = {"seed": seed, **report.result.to_dict(), "task_steps": report.task_steps,
+            run = {"seed": seed, **report.result.to_dict(), "task_examples": report.task_examples,
                    "frozen_layers": report.frozen_layers,
-                   "weights": _step_shares(report.task_steps, names)}
+                   "weights": _example_shares(report.task_examples, names)}
             run["seconds"] = time.perf_counter() - started
             runs.append(run)
             continue
@@ -304,9 +304,9 @@ def combination_weights(fused: FusedBody, dev: Dataset, encoder: Encoder, option
     return mean_fusion_weights(fused, _dev_batches(dev, encoder, options), encoder.autocast())
 
 
-def _step_shares(task_steps: dict[str, int], names: list[str]) -> dict[str, float]:
-    """CA-MTL's share of the optimiser steps per task: the target's, then each source's in order."""
-    counts = list(task_steps.values())  # the target first, then the sources in order
+def _example_shares(task_examples: dict[str, int], names: list[str]) -> dict[str, float]:
+    """CA-MTL's share of the training examples per task: the target's, then each source's in order."""
+    counts = list(task_examples.values())  # the target first, then the sources in order
     total = max(1, sum(counts))
     return {TARGET: counts[0] / total, **{name: c / total for name, c in zip(names, counts[1:], strict=True)}}
 

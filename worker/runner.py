@@ -312,7 +312,7 @@ def _run_multi_source(job_id: str, store: JobStore, settings: Settings, batch_id
     if not all(math.isfinite(v) for r in report.runs for v in r["metrics"].values()):
         raise ValueError(f"a dev {report.main_metric} is undefined (training diverged?)")
     keep = ("seed", "score", "metrics", "best_step", "steps", "seconds", "weights", "single_adapter_score",
-            "task_steps")
+            "task_examples")
     singles = report.single_adapter_scores
     store.succeed_job(job_id, {
         "batch_id": batch_id, "role": "combined", "method": report.method, "source": None,

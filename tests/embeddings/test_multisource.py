@@ -12,7 +12,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from embeddings.camtl import CamtlOptions, normalised_entropy, train_camtl
+from embeddings.camtl import (
+    CamtlModel,
+    CamtlOptions,
+    ConditionalEncoder,
+    mixed_batch,
+    normalised_entropy,
+    select_uncertain,
+    train_camtl,
+)
 from embeddings.data import TaskType
 from embeddings.features import collate, tokenize
 from embeddings.finetune import FinetuneOptions
@@ -202,16 +210,70 @@ def test_camtl_freezes_lower_layers_and_trains_conditioned_modules(tiny_encoder,
     assert list(model.encoder.conditioning) == ["1"] and report.frozen_layers == 1
     hyper = model.encoder.conditioning["1"].hyper.weight
     assert hyper.abs().sum() > 0  # the hypernetwork left its zero initialisation
-    assert sum(report.task_steps.values()) == report.result.steps
-    assert list(report.task_steps) == ["target", "src-a", "src-b", "toy-tag"]
+    examples = report.task_examples
+    assert list(examples) == ["target", "src-a", "src-b", "toy-tag"]
+    if sampling == "uncertainty":  # every step trains on a full batch drawn from the pool of all tasks
+        assert sum(examples.values()) == report.result.steps * FAST.batch_size
+    else:  # one task's batch per step, shorter at the end of a pass
+        assert report.result.steps <= sum(examples.values()) <= report.result.steps * FAST.batch_size
     if sampling == "sequential":
-        assert all(v > 0 for v in report.task_steps.values())
+        assert all(v > 0 for v in examples.values())
     assert report.result.main_metric == "accuracy" and 0 <= report.result.score <= 100
     hidden, r, d = encoder.hidden_size, encoder.hidden_size // 16, camtl.task_embedding_dim
     upper_layer = sum(p.numel() for p in model.encoder.bert.encoder.layer[1].parameters())
     conditioning = d * (5 * hidden + 2 * r) + (5 * hidden + 2 * r) + hidden * r + r + r * hidden + hidden
     heads = sum(p.numel() for p in model.heads.parameters())
     assert trainable_parameters(model) == upper_layer + conditioning + 4 * d + heads
+
+
+def test_mt_uncertainty_weights_each_example_by_its_task_mean():
+    import numpy as np
+
+    # equal task means: the plain top entropies win, whichever task holds them
+    chosen = select_uncertain([np.array([0.9, 0.1]), np.array([0.5, 0.5, 0.5])], 2)
+    assert [c.tolist() for c in chosen] == [[0], [0]]
+    # task 1's single sure-of-nothing example (1.0) loses to task 0's 0.8s: task 1's mean is 0.5,
+    # so its examples count 0.5/0.8 of their entropy (U = e * m_t / max m)
+    chosen = select_uncertain([np.array([0.8, 0.8]), np.array([1.0, 0.0])], 2)
+    assert [c.tolist() for c in chosen] == [[0, 1], []]
+    chosen = select_uncertain([np.array([0.8, 0.8]), np.array([1.0, 0.0])], 3)
+    assert [c.tolist() for c in chosen] == [[0, 1], [0]]
+    # all certain: still a full batch
+    assert sum(len(c) for c in select_uncertain([np.zeros(3), np.zeros(3)], 4)) == 4
+
+
+def test_mixed_batch_gives_each_row_its_own_task_conditioning(tiny_encoder):
+    """One pass over rows of two tasks equals two single-task passes (task embedding per row)."""
+    import copy
+
+    import numpy as np
+
+    from embeddings.heads import TaskHead
+
+    torch.manual_seed(0)
+    tasks = [sentiment(6), tagging()]
+    features = [tokenize(t, tiny_encoder.tokenizer, FAST) for t in tasks]
+    heads = [TaskHead(t.task_type, tiny_encoder.hidden_size, f.num_labels) for t, f in zip(tasks, features, strict=True)]
+    encoder = ConditionalEncoder(copy.deepcopy(tiny_encoder.model), 2, CamtlOptions(freeze_encoder_layers=1))
+    for cond in encoder.conditioning.values():  # leave the zero init so the two tasks really differ
+        torch.nn.init.normal_(cond.hyper.weight, std=0.1)
+        torch.nn.init.normal_(cond.up.weight, std=0.1)
+    model = CamtlModel(encoder, heads).eval()
+    chosen = {0: np.array([0, 2, 3]), 1: np.array([1, 0])}
+    batch = mixed_batch(features, chosen, tiny_encoder.device)
+    assert batch.task_ids.tolist() == [0, 0, 0, 1, 1]
+    with torch.no_grad():
+        mixed = model.forward_mixed(batch)
+        for (task, _), out in zip(batch.groups, mixed, strict=True):
+            alone = collate(features[task], chosen[task], tiny_encoder.device)
+            single = model(alone.model_inputs(), task)
+            if task == 1:  # tagging: compare the real tokens only (the mixed batch is padded wider)
+                width = alone.attention_mask.shape[1]
+                out = out[:, :width]
+            assert torch.allclose(out, single, atol=1e-5), task
+        inputs = collate(features[0], chosen[0], tiny_encoder.device).model_inputs()
+        as_task = [encoder(task, **inputs) for task in (0, 1)]
+        assert not torch.allclose(*as_task, atol=1e-3)  # the conditioning does depend on the task
 
 
 def test_camtl_rejects_freezing_every_layer(tiny_encoder):
