@@ -242,6 +242,20 @@ def test_mt_uncertainty_weights_each_example_by_its_task_mean():
     assert sum(len(c) for c in select_uncertain([np.zeros(3), np.zeros(3)], 4)) == 4
 
 
+def test_target_floor_keeps_the_targets_most_uncertain_rows_in_every_batch():
+    import numpy as np
+
+    sure_target, hard_source = np.array([0.05, 0.2, 0.1, 0.0]), np.array([0.9, 0.95, 0.8, 0.85])
+    # unconstrained, the sure target gets nothing
+    assert [c.tolist() for c in select_uncertain([sure_target, hard_source], 4)] == [[], [0, 1, 2, 3]]
+    # with 2 reserved slots: the target's two most uncertain rows (0.2, 0.1), then the sources' best
+    chosen = select_uncertain([sure_target, hard_source], 4, reserved=2)
+    assert [c.tolist() for c in chosen] == [[1, 2], [0, 1]]
+    # a target that wins anyway is not counted twice; the floor never exceeds the batch
+    assert [c.tolist() for c in select_uncertain([hard_source, sure_target], 3, reserved=2)] == [[0, 1, 3], []]
+    assert [c.tolist() for c in select_uncertain([sure_target, hard_source], 2, reserved=5)] == [[1, 2], []]
+
+
 def test_mixed_batch_gives_each_row_its_own_task_conditioning(tiny_encoder):
     """One pass over rows of two tasks equals two single-task passes (task embedding per row)."""
     import copy
