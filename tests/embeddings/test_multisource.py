@@ -214,6 +214,10 @@ def test_camtl_freezes_lower_layers_and_trains_conditioned_modules(tiny_encoder,
     assert list(examples) == ["target", "src-a", "src-b", "toy-tag"]
     if sampling == "uncertainty":  # every step trains on a full batch drawn from the pool of all tasks
         assert sum(examples.values()) == report.result.steps * FAST.batch_size
+        # the target floor: at least the target's proportional share of every batch
+        rows = [len(train), *(len(s) for s in sources)]
+        floor = max(1, round(FAST.batch_size * rows[0] / sum(rows)))
+        assert examples["target"] >= report.result.steps * floor
     else:  # one task's batch per step, shorter at the end of a pass
         assert report.result.steps <= sum(examples.values()) <= report.result.steps * FAST.batch_size
     if sampling == "sequential":
