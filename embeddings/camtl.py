@@ -30,7 +30,8 @@ Task sampling:
   training MSE on standardised labels, capped at 1. Chosen candidates are replaced by the task's
   next rows and scored; all candidates are rescored every `rescore_every` steps (default: the
   number of tasks). Unlike the reference, unchosen candidates stay in the pool instead of being
-  dropped, so each scoring forward pass is used, which keeps a step's cost near a plain step's.
+  dropped, so each scoring forward pass is used (a step still costs a no-grad pass over the
+  replaced candidates, and over the whole pool every `rescore_every` steps).
   The paper trains every task as a target; taskrank scores only the target, and unconstrained
   MT-Uncertainty can starve it: on SST-2 with four sentiment/genre sources the model was soon sure
   of the target and gave it 0.5% of all examples (dev accuracy 51.4, the constant prediction).
