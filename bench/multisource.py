@@ -18,8 +18,9 @@ source adapters, the source's fine-tuning for intermediate - is reported once, u
 because it is cached and shared by every method and target). Stage-1 results are cached under
 --cache and reused by later runs; their time is then 0 in `stage1` (the sidecars keep the original).
 
-Prints one JSON document to stdout and writes it to bench/results/multisource_<model>.json; progress
-goes to stderr. A CPU-sized run:
+Prints one JSON document to stdout and writes it to bench/results/multisource_<model>.json (rewritten
+after every method, `"complete": false` until the run ends, so an interrupted run keeps what it
+measured); progress goes to stderr. A CPU-sized run:
 
     .venv/bin/python bench/multisource.py --targets rte --seeds 13 --max-rows 200 --source-rows 200 \\
         --dev-rows 200 --epochs 1 --max-length 64
@@ -151,7 +152,31 @@ def main() -> int:
         return loaded[f"{name}/{split}"]
 
     started = time.perf_counter()
+    revision = git_revision()  # the code that runs, not the checkout at the end
     results: dict[str, Any] = {}
+
+    def document(finished: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "multisource", "model": args.model, "model_hash": encoder.weights_hash,
+            "device": str(encoder.device), "git_rev": revision, "complete": finished,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
+            "regime": {"seeds": list(seeds), "top_k": args.top_k, "all_class": not args.same_type,
+                       "max_rows": args.max_rows, "source_rows": source_rows, "dev_rows": args.dev_rows,
+                       "epochs": args.epochs, "source_epochs": source_epochs, "batch_size": args.batch_size,
+                       "max_length": args.max_length, "learning_rate": args.learning_rate,
+                       "adapter_learning_rate": args.adapter_learning_rate, "methods": methods},
+            "wall_s": round(time.perf_counter() - started, 1), "targets": results}
+
+    def save(finished: bool = False) -> dict[str, Any]:
+        """Written after every method, so an interrupted run keeps what it measured."""
+        written = document(finished)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_suffix(".tmp")
+        partial.write_text(json.dumps(written, indent=2) + "\n")
+        partial.replace(out)
+        return written
     for target in [t for t in args.targets.split(",") if t]:
         ranked = recommended_sources(target, args.top_k, all_class=not args.same_type)
         names = [s["name"] for s in ranked]
@@ -161,6 +186,7 @@ def main() -> int:
         sources = [data(n) for n in names]
         entry: dict[str, Any] = {"sources": ranked, "train_rows": len(train), "dev_rows": len(dev), "methods": {},
                                  "stage1": {}}
+        results[target] = entry
         if "fine_tuning" in methods:
             runs = []
             for seed in seeds:
@@ -169,6 +195,7 @@ def main() -> int:
                 log(f"{target} fine_tuning seed {seed}: {result.score:.2f} ({result.seconds:.0f}s)")
             entry["methods"]["fine_tuning"] = summary([r.score for r in runs], trainable(model),
                                                       [r.seconds for r in runs], metric=runs[0].main_metric)
+            save()
         if "adapter" in methods or {"scalearn", "scalearn_uniform", "adapterfusion"} & set(methods):
             scores, seconds, params = [], [], None
             for seed in seeds:  # cached: ScaLearn and AdapterFusion below reuse these adapters
@@ -184,6 +211,7 @@ def main() -> int:
                 head = (encoder.hidden_size + 1) * outputs  # a classification/regression head
                 entry["methods"]["adapter"] = summary(scores, (params or 0) + head, seconds,
                                                       note="seconds: the adapter's training (from its cache record)")
+                save()
         if "intermediate" in methods:
             options = TransferOptions(target=base, source=replace(base, epochs=source_epochs), seeds=seeds,
                                       source_max_rows=source_rows, target_max_rows=args.max_rows)
@@ -198,6 +226,7 @@ def main() -> int:
                 log(f"{target} intermediate ({names[0]}) seed {seed}: {result.score:.2f}")
             entry["methods"]["intermediate"] = summary([r.score for r in runs], trainable(model),
                                                        [r.seconds for r in runs], source=names[0])
+            save()
         for method in [m for m in MULTI if m in methods]:
             options = MultiSourceOptions(method=method, target=base, adapter=adapter, seeds=seeds,
                                          source_max_rows=source_rows, target_max_rows=args.max_rows,
@@ -213,23 +242,11 @@ def main() -> int:
                 method_parameters=report.method_parameters, weight_kind=report.weight_kind,
                 weights={k: round(v, 4) for k, v in (report.source_weights or {}).items()},
                 **({"task_examples": [r["task_examples"] for r in report.runs]} if method == "camtl" else {}))
-            log(f"{target} {method}: {report.mean:.2f} ± {report.std:.2f}, {report.trained_parameters:,} params")
-        results[target] = entry
-    document = {
-        "benchmark": "multisource", "model": args.model, "model_hash": encoder.weights_hash,
-        "device": str(encoder.device), "git_rev": git_revision(),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
-        "regime": {"seeds": list(seeds), "top_k": args.top_k, "all_class": not args.same_type,
-                   "max_rows": args.max_rows, "source_rows": source_rows, "dev_rows": args.dev_rows,
-                   "epochs": args.epochs, "source_epochs": source_epochs, "batch_size": args.batch_size,
-                   "max_length": args.max_length, "learning_rate": args.learning_rate,
-                   "adapter_learning_rate": args.adapter_learning_rate, "methods": methods},
-        "wall_s": round(time.perf_counter() - started, 1), "targets": results}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(document, indent=2))
+            log(f"{target} {method}: {report.mean:.2f} ± {report.std:.2f} (seeds: "
+                f"{', '.join(f'{x:.2f}' for x in report.scores)}), {report.trained_parameters:,} params")
+            save()
+    written = save(finished=True)
+    print(json.dumps(written, indent=2))
     log(f"wrote {out}")
     return 0
 
