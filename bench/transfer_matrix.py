@@ -1,0 +1,336 @@
+"""The shipped transfer matrix: every text source trained as a practitioner would, then each target.
+
+Successor of `selection_quality.py`, in the regime of the transfer-matrix issue:
+
+* sources: `embeddings.transfer.SOURCE_REGIME` (up to 10,000 rows, 2 epochs, evaluated twice an epoch
+  on up to 1,000 dev rows, early-stopped, best evaluation kept), cached once per (model, source,
+  regime) under `--cache` and reused by every target, by the service's transfer jobs and by ESMs;
+* targets: `--target-max-rows` training rows (500), `--target-epochs` passes at `--target-batch-size`
+  (5 x 32 steps = 160 optimiser steps, chosen by the pilot, see `--phase pilot`), scored on up to
+  `--dev-max-rows` dev rows, per seed, each with its own no-transfer baseline on the same seed and rows.
+
+Phases: `sources` (every source checkpoint), `targets` (baselines, then every source x seed per
+target), `all` (both), `pilot` (baselines alone at several step budgets, to choose the regime).
+Each run is one unit of work; `--workers` processes (one torch thread each on CPU) take units in
+order, and the parent appends one CSV row per finished unit, so a stopped run resumes where it was.
+On CUDA one worker runs with bf16 autocast and larger batches are left to the regime (unchanged, so
+GPU and CPU rows are comparable).
+
+Files (defaults): `library/default/transfer_matrix.csv` (one row per source x target x seed, the
+schema `taskrank evaluate` reads), `..._baselines.csv` (one row per target x seed) and the sidecar
+`transfer_matrix.json` (regime, model and weights hash, data hashes, versions, device, timings).
+
+    nice -n 19 .venv/bin/python bench/transfer_matrix.py --phase all --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = _ROOT.parent / "shared" / "data"
+DEFAULT_OUT = _ROOT / "library" / "default" / "transfer_matrix.csv"
+DEFAULT_CACHE = _ROOT / "var" / "source-checkpoints"
+COLUMNS = ["source", "target", "seed", "score", "baseline_score", "metric", "source_rows", "target_rows",
+           "dev_rows", "steps", "best_step", "seconds", "git_rev"]
+BASELINE_COLUMNS = ["target", "seed", "score", "metric", "target_rows", "dev_rows", "steps", "best_step",
+                    "seconds", "git_rev"]
+# Targets, in the order they are measured; fixed before any result was seen. copa (40 dev rows),
+# wnli (71, adversarial) and wic (128) have dev sets too small to separate sources from seed noise;
+# they stay sources.
+TARGET_ORDER = ("stsb", "rte", "mrpc", "cola", "sst2", "trec_qc", "qnli", "mnli", "snli", "boolq",
+                "movie_reviews", "sentence_polarity", "subjectivity", "qqp", "brown_genre", "senseval_wsd",
+                "ppattach")
+
+
+@dataclass(frozen=True)
+class TargetRegime:
+    """How every target is trained; every row of one matrix shares it (checked against the sidecar)."""
+
+    model: str = "default"
+    target_max_rows: int = 500
+    dev_max_rows: int = 1000
+    target_epochs: float = 5.0
+    target_batch_size: int = 16
+    learning_rate: float = 5e-5
+    max_length: int = 128
+    data_seed: int = 13
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_STATE: dict[str, Any] = {}
+
+
+def _init(data_dir: str, cache_dir: str, regime: dict[str, Any], threads: int) -> None:
+    from embeddings.encoders import load_encoder, set_threads
+
+    set_threads(threads)
+    _STATE.update(data=Path(data_dir), cache=Path(cache_dir), regime=TargetRegime(**regime),
+                  encoder=load_encoder(regime["model"]), datasets={})
+
+
+def _dataset(name: str, split: str = "train") -> Any:
+    from embeddings.data import LoadLimits, load_dataset
+
+    key = f"{name}/{split}"
+    if key not in _STATE["datasets"]:
+        _STATE["datasets"][key] = load_dataset(_STATE["data"] / name, split=split, limits=LoadLimits(max_rows=10**7))
+    return _STATE["datasets"][key]
+
+
+def _transfer_options() -> Any:
+    from embeddings.finetune import FinetuneOptions
+    from embeddings.transfer import TransferOptions
+
+    r: TargetRegime = _STATE["regime"]
+    target = FinetuneOptions(epochs=r.target_epochs, learning_rate=r.learning_rate, batch_size=r.target_batch_size,
+                             max_length=r.max_length)
+    return TransferOptions(target=target, target_max_rows=r.target_max_rows, data_seed=r.data_seed)
+
+
+def _source_state(name: str) -> tuple[Any, Path]:
+    from embeddings.transfer import source_encoder_state
+
+    dev = _dataset(name, "dev")
+    return source_encoder_state(_dataset(name), _STATE["encoder"], _transfer_options(), _STATE["cache"], dev=dev)
+
+
+def _run_unit(unit: tuple[str, str, str, int, float]) -> dict[str, Any]:
+    """One unit: ("source", name, "", 0, 0) or ("target", target, source or "", seed, epochs)."""
+    from embeddings.finetune import fine_tune
+    from embeddings.transfer import source_checkpoint_info
+
+    kind, name, source, seed, epochs = unit
+    started = time.perf_counter()
+    if kind == "source":
+        _, path = _source_state(name)
+        return {"kind": kind, "source": name, "checkpoint": path.name, **source_checkpoint_info(path),
+                "wall_s": round(time.perf_counter() - started, 1)}
+    r: TargetRegime = _STATE["regime"]
+    options = _transfer_options()
+    train = _dataset(name).subsample(r.target_max_rows, r.data_seed)
+    dev = _dataset(name, "dev").subsample(r.dev_max_rows, r.data_seed)
+    state = _source_state(source)[0] if source else None
+    result, _ = fine_tune(train, dev, _STATE["encoder"], replace(options.target, seed=seed, epochs=epochs),
+                          initial_encoder_state=state)
+    return {"kind": kind, "target": name, "source": source, "seed": seed, "epochs": epochs,
+            "score": round(result.score, 4), "metric": result.main_metric, "target_rows": len(train),
+            "dev_rows": len(dev), "steps": result.steps, "best_step": result.best_step,
+            "seconds": round(time.perf_counter() - started, 1), "history": result.history}
+
+
+# --------------------------------------------------------------------------- parent process
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "embeddings"],
+                               cwd=_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def text_tasks(data_dir: Path) -> list[str]:
+    """Task folders whose task.json declares classification or regression, sorted by name."""
+    names = []
+    for folder in sorted(p for p in data_dir.iterdir() if (p / "task.json").is_file()):
+        meta = json.loads((folder / "task.json").read_text())
+        if meta.get("task_type") in ("classification", "regression"):
+            names.append(folder.name)
+    return names
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def append_row(path: Path, columns: list[str], row: dict[str, Any]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def majority_score(data_dir: Path, target: str, regime: TargetRegime) -> dict[str, Any]:
+    """What predicting the training rows' most frequent class scores on the dev rows (the floor)."""
+    from embeddings.data import LoadLimits, TaskType, load_dataset
+    from embeddings.finetune import main_metric
+
+    limits = LoadLimits(max_rows=10**7)
+    train = load_dataset(data_dir / target, limits=limits).subsample(regime.target_max_rows, regime.data_seed)
+    dev = load_dataset(data_dir / target, split="dev", limits=limits).subsample(regime.dev_max_rows, regime.data_seed)
+    metric = main_metric(train.task_type, train.name)
+    if train.task_type != TaskType.CLASSIFICATION:
+        return {"metric": metric, "majority_score": 0.0, "train_hash": train.content_hash, "dev_hash": dev.content_hash}
+    top = Counter(str(getattr(e, "label", "")) for e in train.examples).most_common(1)[0][0]
+    gold = [str(getattr(e, "label", "")) for e in dev.examples]
+    accuracy = 100 * sum(g == top for g in gold) / max(1, len(gold))
+    return {"metric": metric, "majority_score": round(accuracy if metric == "accuracy" else 0.0, 4),
+            "train_hash": train.content_hash, "dev_hash": dev.content_hash}
+
+
+def _in_phases(pool: Any, phases: list[list[tuple[str, str, str, int, float]]]) -> Any:
+    """Each phase's results in order; a phase starts when the previous one has finished."""
+    for units in phases:
+        yield from pool.imap(_run_unit, units)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--phase", choices=("sources", "targets", "all", "pilot"), default="all")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--targets", default=",".join(TARGET_ORDER[:12]))
+    parser.add_argument("--sources", default="", help="comma-separated sources (default: every text task)")
+    parser.add_argument("--seeds", default="13,14")
+    parser.add_argument("--pilot-epochs", default="2,5,10", help="step budgets the pilot compares (epochs)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="source checkpoint cache")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    for f in TargetRegime.__dataclass_fields__.values():
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    args = parser.parse_args()
+    regime = TargetRegime(**{f: getattr(args, f) for f in TargetRegime.__dataclass_fields__})
+    data_dir = Path(args.data)
+    if not data_dir.is_dir():
+        raise SystemExit(f"no data at {data_dir} (expected the ../shared/data layout)")
+    sources = [s for s in args.sources.split(",") if s] or text_tasks(data_dir)
+    targets = [t for t in args.targets.split(",") if t]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    baselines_path = out.with_name(out.stem + "_baselines.csv")
+    pilot_path = out.with_name(out.stem + "_pilot.csv")
+    sidecar_path = out.with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    from embeddings.encoders import load_encoder
+    from embeddings.transfer import SOURCE_DEV_MAX_ROWS, SOURCE_MAX_ROWS, SOURCE_REGIME
+
+    encoder = load_encoder(regime.model)
+    sidecar: dict[str, Any] = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else {}
+    source_regime = {"options": asdict(SOURCE_REGIME), "max_rows": SOURCE_MAX_ROWS,
+                     "dev_max_rows": SOURCE_DEV_MAX_ROWS, "dev_split": "the source's own dev split"}
+    if args.phase != "pilot" and sidecar.get("target_regime") not in (None, asdict(regime)):
+        raise SystemExit(f"{sidecar_path} was measured under {sidecar['target_regime']}; use another --out")
+    sidecar.setdefault("target_regime", asdict(regime))
+    sidecar["source_regime"] = source_regime
+    sidecar["model"] = {"name": encoder.name, "weights_hash": encoder.weights_hash}
+    sidecar.setdefault("sources", {})
+    sidecar.setdefault("targets", {})
+    sidecar.setdefault("sessions", [])
+    device = str(encoder.device)
+    if encoder.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(encoder.device)})"
+    session: dict[str, Any] = {"phase": args.phase, "git_rev": git_revision(), "workers": args.workers,
+                               "threads_per_worker": args.threads, "device": device, "cpus": os.cpu_count(),
+                               "python": platform.python_version(), "torch": torch.__version__,
+                               "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                               "source_s": 0.0, "target_s": 0.0, "units": 0}
+    sidecar["sessions"].append(session)
+    del encoder
+    started = time.perf_counter()
+
+    def save() -> None:
+        session["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+        session["wall_s"] = round(time.perf_counter() - started, 1)
+        session["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+        tmp = sidecar_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(sidecar, indent=1) + "\n")
+        os.replace(tmp, sidecar_path)
+
+    source_units: list[tuple[str, str, str, int, float]] = []
+    units: list[tuple[str, str, str, int, float]] = []
+    done_baselines = {(r["target"], int(r["seed"])) for r in read_rows(baselines_path)}
+    done_pairs = {(r["source"], r["target"], int(r["seed"])) for r in read_rows(out)}
+    if args.phase in ("sources", "all"):
+        source_units = [("source", s, "", 0, 0.0) for s in sources if s not in sidecar["sources"]]
+    if args.phase in ("targets", "all"):
+        for target in targets:
+            sidecar["targets"].setdefault(target, majority_score(data_dir, target, regime))
+            units += [("target", target, "", seed, regime.target_epochs) for seed in seeds
+                      if (target, seed) not in done_baselines]
+            units += [("target", target, s, seed, regime.target_epochs) for s in sources if s != target
+                      for seed in seeds if (s, target, seed) not in done_pairs]
+    if args.phase == "pilot":
+        done_pilot = {(r["target"], int(r["seed"]), float(r["epochs"])) for r in read_rows(pilot_path)}
+        for target in targets:
+            sidecar["targets"].setdefault(target, majority_score(data_dir, target, regime))
+            units += [("target", target, "", seed, float(e)) for e in args.pilot_epochs.split(",")
+                      for seed in seeds if (target, seed, float(e)) not in done_pilot]
+    save()
+    print(json.dumps({"phase": args.phase, "sources": len(source_units), "runs": len(units), "out": str(out)}),
+          file=sys.stderr, flush=True)
+    baselines = {(r["target"], int(r["seed"])): r for r in read_rows(baselines_path)}
+    waiting: list[dict[str, Any]] = []  # transfers that finished before their baseline
+    source_rows = {}
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.workers, initializer=_init,
+                  initargs=(str(data_dir), args.cache, asdict(regime), args.threads), maxtasksperchild=40) as pool:
+        # sources first, all of them, so no target run waits for (or trains twice) a source checkpoint
+        for i, result in enumerate(_in_phases(pool, [source_units, units]), 1):
+            session["units"] += 1
+            if result["kind"] == "source":
+                session["source_s"] += result["wall_s"]
+                sidecar["sources"][result["source"]] = {k: v for k, v in result.items() if k not in ("kind", "options")}
+                print(json.dumps({"i": i, "of": len(source_units) + len(units), **sidecar["sources"][result["source"]]}),
+                      file=sys.stderr, flush=True)
+                save()
+                continue
+            session["target_s"] += result["seconds"]
+            history = result.pop("history")
+            row = {**result, "git_rev": session["git_rev"]}
+            if args.phase == "pilot":
+                best = max(h[result["metric"]] for h in history)
+                append_row(pilot_path, BASELINE_COLUMNS + ["epochs", "final_score"],
+                           {**row, "final_score": round(history[-1][result["metric"]], 4), "score": round(best, 4)})
+            elif not result["source"]:
+                append_row(baselines_path, BASELINE_COLUMNS, row)
+                baselines[(result["target"], result["seed"])] = row
+            else:
+                waiting.append(row)
+            for pending in list(waiting):
+                base = baselines.get((pending["target"], int(pending["seed"])))
+                if base is None:
+                    continue
+                if pending["source"] not in source_rows:
+                    info = sidecar["sources"].get(pending["source"], {})
+                    source_rows[pending["source"]] = info.get("rows", "")
+                append_row(out, COLUMNS, {**pending, "baseline_score": base["score"],
+                                          "source_rows": source_rows[pending["source"]]})
+                waiting.remove(pending)
+            print(json.dumps({"i": i, "of": len(source_units) + len(units), **row}), file=sys.stderr, flush=True)
+            if i % 10 == 0:
+                save()
+    session["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
