@@ -23,3 +23,4 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app worker embeddings library tests bench
+	$(BIN)/mypy embeddings library

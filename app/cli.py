@@ -5,56 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings, get_settings
-
-
-def _column_map(text: str | None) -> dict[str, str] | None:
-    """`text=review,label=stars` -> {"text": "review", "label": "stars"}."""
-    if not text:
-        return None
-    mapping = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"--columns expects field=column pairs like text=review, got {part!r}")
-        mapping[key.strip()] = value.strip()
-    return mapping
-
-
-def _load(args: argparse.Namespace, settings: Settings):  # -> embeddings.data.Dataset
-    from embeddings.data import LoadLimits, load_dataset
-
-    limits = LoadLimits(max_rows=settings.max_rows, max_text_chars=settings.max_text_chars)
-    return load_dataset(args.path, task_type=args.task_type, split=args.split,
-                        column_map=_column_map(args.columns), limits=limits)
-
-
-@contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """The CLI face of `on_progress(done, total)`."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc=description, unit="ex", dynamic_ncols=True, file=sys.stderr, disable=None)
-
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        bar.close()
+from app.cli_common import library_service, load_target, progress_bar
+from library.settings import Settings, get_settings
 
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
-    dataset = _load(args, settings)
+    dataset = load_target(args, settings)
     description = dataset.describe()
     if args.json:
         print(json.dumps(description, indent=2))
@@ -96,7 +55,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     from embeddings.encoders import load_encoder, set_threads
 
     set_threads(settings.torch_threads)
-    dataset = _load(args, settings)
+    dataset = load_target(args, settings)
     if args.max_examples and len(dataset) > args.max_examples:
         dataset = dataset.subsample(args.max_examples, seed=args.seed)
     encoder = load_encoder(args.model or settings.model, settings.device)
@@ -134,6 +93,13 @@ def _source_folder(name: str, data_dir: Path) -> Path:
     raise ValueError(f"source {name!r} is neither a path nor a task folder under {data_dir} (see --data-dir)")
 
 
+def _source_dev(folder: Path, limits: Any) -> Any:
+    """A task folder's dev split (the source regime early-stops on it); None for a file or a folder without one."""
+    from embeddings.data import load_dataset
+
+    return load_dataset(folder, split="dev", limits=limits) if (folder / "dev.jsonl").is_file() else None
+
+
 def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
     """Intermediate-task transfer, locally: each source then the target, against the no-transfer baseline."""
     from dataclasses import replace
@@ -141,10 +107,10 @@ def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
     from embeddings.data import LoadLimits, load_dataset
     from embeddings.encoders import load_encoder, set_threads
     from embeddings.finetune import FinetuneOptions
-    from embeddings.transfer import TransferOptions, intermediate_transfer
+    from embeddings.transfer import SOURCE_REGIME, TransferOptions, intermediate_transfer
 
     set_threads(settings.torch_threads)
-    target = _load(args, settings)
+    target = load_target(args, settings)
     limits = LoadLimits(max_rows=settings.max_rows, max_text_chars=settings.max_text_chars)
     target_path = Path(args.path)
     if args.dev:
@@ -158,9 +124,8 @@ def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
     if args.sources:
         names = [n.strip() for n in args.sources.split(",") if n.strip()]
     elif args.top:
-        from app.cli_library import _service
 
-        with _service(settings) as service, progress_bar(f"ranking {target.name}") as on_progress:
+        with library_service(settings) as service, progress_bar(f"ranking {target.name}") as on_progress:
             ranking = service.rank(target, args.method, args.top, False, on_progress)
         names = [s.name for s in ranking.sources]
         scores = [s.score for s in ranking.sources]
@@ -176,13 +141,17 @@ def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
                            max_length=args.max_length or 128)
     if args.transfer_method != "intermediate":
         return _multi_source(args, settings, target, dev, sources, scores, base)
-    options = TransferOptions(target=base, source=replace(base, epochs=args.source_epochs),
-                              seeds=tuple(range(args.seed, args.seed + args.seeds)),
+    # Sources train in the practitioner regime the shipped transfer matrix measured (early-stopped on a task
+    # folder's dev split), unless --source-epochs asks for the target's settings with other epochs.
+    source = SOURCE_REGIME if args.source_epochs is None else replace(base, epochs=args.source_epochs)
+    options = TransferOptions(target=base, source=source, seeds=tuple(range(args.seed, args.seed + args.seeds)),
                               source_max_rows=args.source_rows, target_max_rows=args.target_rows)
+    source_devs = [_source_dev(_source_folder(n, data_dir), limits) if args.source_epochs is None else None
+                   for n in names]
     encoder = load_encoder(args.model or settings.model, settings.device)
     with progress_bar(f"transfer to {target.name}") as on_progress:
-        report = intermediate_transfer(target, dev, sources, encoder, options,
-                                       cache_dir=settings.data_dir / "checkpoints", on_progress=on_progress)
+        report = intermediate_transfer(target, dev, sources, encoder, options, source_devs=source_devs,
+                                       cache_dir=settings.paths.checkpoints, on_progress=on_progress)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
         return 0
@@ -204,7 +173,8 @@ def _multi_source(args: argparse.Namespace, settings: Settings, target: Any, dev
     from embeddings.multisource import MultiSourceOptions, multi_source_transfer
     from embeddings.source_adapters import AdapterOptions
 
-    adapter = AdapterOptions(train=replace(base, epochs=args.source_epochs, learning_rate=args.adapter_learning_rate))
+    adapter = AdapterOptions(train=replace(base, epochs=args.source_epochs or args.epochs,
+                                           learning_rate=args.adapter_learning_rate))
     options = MultiSourceOptions(
         method=args.transfer_method, target=base, combination_learning_rate=args.combination_learning_rate,
         adapter=adapter, seeds=tuple(range(args.seed, args.seed + args.seeds)), source_max_rows=args.source_rows,
@@ -213,7 +183,7 @@ def _multi_source(args: argparse.Namespace, settings: Settings, target: Any, dev
     encoder = load_encoder(args.model or settings.model, settings.device)
     with progress_bar(f"{args.transfer_method} to {target.name}") as on_progress:
         report = multi_source_transfer(target, dev, sources, encoder, options, source_scores=scores,
-                                       cache_dir=settings.data_dir / "checkpoints", on_progress=on_progress)
+                                       cache_dir=settings.paths.checkpoints, on_progress=on_progress)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
         return 0
@@ -268,7 +238,8 @@ def _die_with_parent() -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """The API plus one real worker process; embedded broker and SQLite unless configured otherwise."""
+    """The API plus one real worker process per queue (`embed`, `train`); embedded broker and SQLite unless
+    configured otherwise."""
     import signal
     import socket
     import subprocess
@@ -279,25 +250,30 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _prepare_shared_state(settings)  # before any worker or API process starts: no first-start races
-    worker = None
-    if not args.no_worker:
-        command = worker_command(settings, "embed,train", settings.worker_concurrency,
-                                 f"embedded@{socket.gethostname()}")
-        worker = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    workers: list[subprocess.Popen] = []
+    if not args.no_worker:  # one worker per queue: a ranking (embed) never waits behind a training (train)
+        from worker.job_kinds import QUEUES
+
+        for queue in QUEUES:
+            command = worker_command(settings, queue, settings.worker_concurrency,
+                                     f"embedded-{queue}@{socket.gethostname()}")
+            workers.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent))
     host, port = args.host or settings.host, args.port or settings.port
     broker = "embedded SQLite broker" if settings.embedded_broker else settings.resolved_broker_url.split("@")[-1]
     print(f"taskrank: http://{host}:{port}/  (API docs at /docs; data in {settings.data_dir.resolve()}; "
           f"{broker}; Ctrl-C stops)", file=sys.stderr)
-    workers = args.api_workers or settings.api_workers
+    api_workers = args.api_workers or settings.api_workers
     try:
-        if workers > 1:  # each process builds the app from the environment (Settings has no other source)
-            uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
+        if api_workers > 1:  # each process builds the app from the environment (Settings has no other source)
+            uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=api_workers,
                         log_level="info", access_log=settings.access_log)
         else:
             uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=settings.access_log)
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers:
             try:
                 worker.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -306,13 +282,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from embeddings.registry import EMBEDDING_METHODS, TRANSFER_METHODS
+    from embeddings.task_types import TASK_TYPE_NAMES
+    from embeddings.transfer import SOURCE_MAX_ROWS
+    from library.methods import DEFAULT_METHOD, RANKING_METHODS
+
+    EMBEDDING_METHOD_NAMES = tuple(EMBEDDING_METHODS)  # noqa: N806
     parser = argparse.ArgumentParser(prog="taskrank", description="Which source task to train on before yours.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def dataset_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("path", help="task folder, .jsonl, .json (SQuAD), .csv/.tsv, or CoNLL file")
-        p.add_argument("--task-type", choices=["classification", "regression", "question_answering",
-                                               "sequence_labeling"], help="default: inferred")
+        p.add_argument("--task-type", choices=TASK_TYPE_NAMES, help="default: inferred")
         p.add_argument("--split", default="train", help="split of a task folder (default train)")
         p.add_argument("--columns", help="column mapping, e.g. text=review,label=stars")
         p.add_argument("--json", action="store_true", help="print JSON")
@@ -323,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="compute a task embedding (TextEmb, SEmb or TaskEmb)")
     dataset_args(p)
-    p.add_argument("--method", choices=["textemb", "semb", "taskemb"], default="textemb")
+    p.add_argument("--method", choices=EMBEDDING_METHOD_NAMES, default="textemb")
     p.add_argument("--model", help="HF name or local path (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--max-examples", type=int, help="embed a seeded random subset of this many rows")
     p.add_argument("--max-length", type=int, help="truncation length for text and tagging (default 256)")
@@ -340,23 +321,24 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_args(p)
     p.add_argument("--sources", help="comma-separated source task names (folders under --data-dir) or paths")
     p.add_argument("--top", type=int, help="transfer from the library's top-K sources for the target")
-    p.add_argument("--method", default="ensemble", choices=["textemb", "semb", "taskemb", "ensemble"])
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=RANKING_METHODS.names())
     p.add_argument("--all-class", action="store_true")
     p.add_argument("--dev", help="target dev file (a task folder uses its dev split)")
     p.add_argument("--data-dir", default="../shared/data", help="where source task folders live")
     p.add_argument("--model")
     p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--source-epochs", type=float, default=2.0)
+    p.add_argument("--source-epochs", type=float, default=None,
+                   help="default: the practitioner regime of the shipped transfer matrix (2 epochs, batch 32, "
+                        "early-stopped on the source's dev split)")
     p.add_argument("--learning-rate", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int)
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--seeds", type=int, default=2, help="target fine-tunings per source (mean and std)")
-    p.add_argument("--source-rows", type=int, default=3000)
+    p.add_argument("--source-rows", type=int, default=SOURCE_MAX_ROWS)
     p.add_argument("--target-rows", type=int, default=1000)
     p.add_argument("--transfer-method", default="intermediate",
-                   choices=["intermediate", "scalearn", "scalearn_uniform", "scalearn_plus", "scalearn_uniform_plus",
-                            "adapterfusion", "pemt", "camtl"],
+                   choices=tuple(TRANSFER_METHODS),
                    help="intermediate: each source alone; the others combine all the sources (multi-source)")
     p.add_argument("--adapter-learning-rate", type=float, default=5e-4, help="multi-source: stage-1 adapters")
     p.add_argument("--combination-learning-rate", type=float, help="multi-source: stage 2 (default per method)")
@@ -365,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CA-MTL: task sampling")
     p.set_defaults(func=cmd_transfer)
 
-    p = sub.add_parser("serve", help="run the API and a worker (embedded broker and SQLite by default)")
+    p = sub.add_parser("serve", help="run the API and a worker per queue (embedded broker and SQLite by default)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")

@@ -2,7 +2,7 @@
 
     from app.client import TaskrankClient
     client = TaskrankClient("http://127.0.0.1:8000")
-    ranking = client.rank(df, method="ensemble", top_k=5)      # DataFrame, list of dicts, path, or HF Dataset
+    ranking = client.rank(df, top_k=5)                         # method: the service's default (ensemble)      # DataFrame, list of dicts, path, or HF Dataset
 """
 
 from __future__ import annotations
@@ -61,9 +61,12 @@ class TaskrankClient:
                 return self._check(self.http.post("/datasets", files={"file": (path.name, fh)}, data=form))
         rows = _rows(data)
         if hasattr(data, "to_csv") and not _has_nested(rows):  # DataFrame: send as CSV, the cheapest form
-            buffer = io.BytesIO(data.to_csv(index=False).encode())
-            return self._check(self.http.post("/datasets", files={"file": (f"{name or 'dataframe'}.csv", buffer)},
+            content = data.to_csv(index=False).encode()
+            name = name or default_name(data, content)
+            form["name"] = name
+            return self._check(self.http.post("/datasets", files={"file": (f"{name}.csv", io.BytesIO(content))},
                                               data=form))
+        name = name or default_name(data, json.dumps(rows, sort_keys=True, default=str).encode())
         body: dict[str, Any] = {"rows": rows, "name": name, "task_type": task_type}
         if column_map:
             body["column_map"] = dict(column_map)
@@ -110,15 +113,18 @@ class TaskrankClient:
             if bar is not None:
                 bar.close()
 
-    def request_ranking(self, dataset_id: str, method: str = "ensemble", top_k: int = 10,
+    def request_ranking(self, dataset_id: str, method: str | None = None, top_k: int = 10,
                         all_class: bool = False) -> dict[str, Any]:
-        return self._check(self.http.post("/rankings", json={"dataset_id": dataset_id, "method": method,
-                                                             "top_k": top_k, "all_class": all_class}))
+        """`method`: a ranking method of the service (`GET /openapi.json` lists them); None: its default."""
+        body = {"dataset_id": dataset_id, "top_k": top_k, "all_class": all_class}
+        if method is not None:
+            body["method"] = method
+        return self._check(self.http.post("/rankings", json=body))
 
     def ranking(self, ranking_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/rankings/{ranking_id}"))
 
-    def rank(self, data: Any, method: str = "ensemble", top_k: int = 10, all_class: bool = False,
+    def rank(self, data: Any, method: str | None = None, top_k: int = 10, all_class: bool = False,
              *, timeout: float | None = None, progress: bool = True, **upload: Any):  # -> pandas.DataFrame
         """Upload (unless given a dataset id), rank, wait, and return the ranked sources as a DataFrame."""
         dataset_id = data if isinstance(data, str) and not Path(data).exists() else self.upload(data, **upload)["id"]
@@ -144,6 +150,15 @@ def ranking_frame(ranking: Mapping[str, Any]):  # -> pandas.DataFrame
             row[f"rank_{part}"] = info.get("rank")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def default_name(data: Any, content: bytes) -> str:
+    """What an unnamed upload is, its size and a content hash: `dataframe-200rows-1a2b3c4d`. The same data
+    gets the same name, so uploading it again finds the record it made (the service answers 200)."""
+    import hashlib
+
+    kind = "dataframe" if hasattr(data, "to_csv") else "dataset" if hasattr(data, "features") else "rows"
+    return f"{kind}-{len(data)}rows-{hashlib.sha256(content).hexdigest()[:8]}"
 
 
 def _rows(data: Any) -> list[dict[str, Any]]:

@@ -9,9 +9,9 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
-from app.settings import Settings
-from library.jobs import JobStore
+from library.jobs import JobStore, StoredDataset
 from library.service import LibraryService
+from library.settings import Settings
 
 
 @dataclass
@@ -74,3 +74,11 @@ Reader = Annotated[str | None, Depends(reader)]
 
 def visible(owner: str | None, record_owner: str | None, settings: Settings) -> bool:
     return not settings.per_key_ownership or owner == record_owner
+
+
+def visible_dataset(jobs: JobStore, settings: Settings, owner: str | None, dataset_id: str) -> StoredDataset:
+    """The dataset `owner` may see, or 404 (another owner's dataset is as absent as a missing one)."""
+    record = jobs.get_dataset(dataset_id)
+    if record is None or not visible(owner, record.owner, settings):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dataset {dataset_id}")
+    return record

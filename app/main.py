@@ -7,20 +7,21 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import deps
 from app.routes import datasets, health, jobs, library, pages, rankings, transfer_pages, transfers
-from app.settings import Settings, get_settings
+from embeddings import __version__
 from library.errors import LibraryError
 from library.jobs import JobStore
 from library.service import LibraryService
+from library.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,12 @@ class ServiceResources(deps.Services):
         self.celery = make_celery(settings)
 
     def enqueue(self, kind: str, job_id: str) -> None:
-        from worker.celery_app import TASK_NAMES
+        from worker.job_kinds import JOB_KINDS
 
         job = self.jobs.get_job(job_id)
-        queue = job.queue if job else "embed"
+        queue = job.queue if job else JOB_KINDS[kind].queue
         try:
-            self.celery.send_task(TASK_NAMES[kind], args=[job_id], queue=queue, retry=True,
+            self.celery.send_task(JOB_KINDS[kind].task_name, args=[job_id], queue=queue, retry=True,
                                   retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
         except Exception as exc:
             self.jobs.fail_job(job_id, f"broker unavailable: {type(exc).__name__}")
@@ -141,10 +142,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               503: {"model": ErrorResponse, "description": "Database or job queue briefly unavailable"}}
     if settings.api_key_set:
         common[401] = {"model": ErrorResponse, "description": "Missing or invalid API key"}
-    app = FastAPI(title="taskrank", version="0.1.0", lifespan=lifespan, responses=common,
-                  description="Rank source tasks for your NLP dataset (TextEmb, SEmb, TaskEmb) and run transfers.")
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, never from a CDN
+    app = FastAPIOffline(title="taskrank", version=__version__, lifespan=lifespan, responses=common,
+                         static_url="/docs-static", favicon_url="/static/favicon.svg",
+                         description="Rank source tasks for your NLP dataset (TextEmb, SEmb, TaskEmb) and run transfers.")
+    from app.routes import library_transfers  # GET /library/transfers: the shipped transfer matrix
+
     for router in (pages.router, transfer_pages.router, datasets.router, rankings.router, transfers.router,
-                   jobs.router, library.router, health.router):
+                   jobs.router, library.router, library_transfers.router, health.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
@@ -172,6 +177,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     return app
 
-
-def _app_factory() -> Any:
-    return create_app()

@@ -5,11 +5,30 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-TaskTypeName = Literal["classification", "regression", "question_answering", "sequence_labeling"]
-RankMethod = Literal["textemb", "semb", "taskemb", "ensemble"]
-JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from embeddings.data import TaskType
+from embeddings.registry import MULTI_SOURCE_METHODS, TRANSFER_METHODS
+from library.jobs import JobState
+from library.methods import DEFAULT_METHOD, RANKING_METHODS
+from worker.payloads import TransferRunOptions
+
+TaskTypeName = TaskType  # the enum's values are the schema's enum (embeddings.task_types describes each)
+
+
+def _registered_method(name: str) -> str:
+    if name not in RANKING_METHODS:
+        raise ValueError(f"unknown ranking method {name!r}; expected one of {', '.join(RANKING_METHODS.names())}")
+    return name
+
+
+def _method_enum(schema: dict[str, Any]) -> None:
+    """The OpenAPI enum is the registry as it is when the schema is generated."""
+    schema["enum"] = list(RANKING_METHODS.names())
+
+
+RankMethod = Annotated[str, AfterValidator(_registered_method), Field(json_schema_extra=_method_enum)]
+JobStateName = JobState
 
 
 class ErrorDetail(BaseModel):
@@ -45,8 +64,9 @@ class DatasetRows(BaseModel):
     column_map: dict[str, str] | None = None
 
 
-class DatasetPublic(BaseModel):
-    id: str
+class DatasetCheck(BaseModel):
+    """What the loader found in an upload (`POST /datasets/validate`: nothing is stored)."""
+
     name: str
     filename: str
     task_type: TaskTypeName
@@ -54,14 +74,20 @@ class DatasetPublic(BaseModel):
     labels: dict[str, Any]
     content_hash: str
     size_bytes: int
-    created_at: datetime
     description: dict[str, Any]
+
+
+class DatasetPublic(DatasetCheck):
+    """A stored dataset record."""
+
+    id: str
+    created_at: datetime
 
 
 class RankingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset_id: str = Field(..., min_length=1, max_length=64)
-    method: RankMethod = "ensemble"
+    method: RankMethod = DEFAULT_METHOD
     top_k: int = Field(10, ge=1, le=1000)
     all_class: bool = False
 
@@ -140,36 +166,11 @@ class Health(BaseModel):
     library_version: str | None
 
 
-TransferMethod = Literal["intermediate", "scalearn", "scalearn_uniform", "scalearn_plus", "scalearn_uniform_plus",
-                         "adapterfusion", "pemt", "camtl"]
-MULTI_SOURCE_TRANSFER_METHODS = ("scalearn", "scalearn_uniform", "scalearn_plus", "scalearn_uniform_plus",
-                                 "adapterfusion", "pemt", "camtl")
+TransferMethod = Literal[tuple(TRANSFER_METHODS)]  # type: ignore[valid-type]
+MULTI_SOURCE_TRANSFER_METHODS = MULTI_SOURCE_METHODS
 
 
-class TransferOptionsIn(BaseModel):
-    """The knobs of a transfer run: a subset of FinetuneOptions, with defaults small enough for a CPU."""
-
-    model_config = ConfigDict(extra="forbid")
-    epochs: float = Field(1.0, gt=0, le=20, description="Passes over the target's training rows.")
-    source_epochs: float | None = Field(None, gt=0, le=20,
-                                        description="Passes over a source's rows (default: epochs).")
-    learning_rate: float = Field(5e-5, gt=0, le=0.01, description="Peak AdamW learning rate.")
-    batch_size: int = Field(16, ge=1, le=256, description="Rows per optimiser step.")
-    max_length: int = Field(128, ge=8, le=512, description="Truncation length in tokens.")
-    source_max_rows: int = Field(1000, ge=2, le=200_000, description="A source is subsampled to this many rows.")
-    target_max_rows: int = Field(1000, ge=2, le=200_000, description="The target's training rows are capped here.")
-    dev_max_rows: int = Field(1000, ge=1, le=200_000, description="Dev rows evaluated (subsampled beyond this).")
-    data_seed: int = Field(13, ge=0, le=2**31 - 1, description="Seeds the dev hold-out and the subsamples.")
-    # multi-source methods only (ignored by "intermediate")
-    adapter_learning_rate: float = Field(5e-4, gt=0, le=0.1,
-                                         description="Stage-1 adapters (sources and the target's own).")
-    combination_learning_rate: float | None = Field(
-        None, gt=0, le=0.1, description="What stage 2 trains (ScaLearn scales, fusion, PEMT gates and target "
-                                        "adapter, CA-MTL's conditional modules); default per method.")
-    freeze_encoder_layers: int | None = Field(None, ge=0, le=96,
-                                              description="CA-MTL: frozen lower layers (default: half).")
-    task_sampling: Literal["uncertainty", "uniform", "sequential"] = Field(
-        "uncertainty", description="CA-MTL: which task each step trains on.")
+TransferOptionsIn = TransferRunOptions  # the batch's options are the worker's payload (worker.payloads)
 
 
 class TransferFromRanking(BaseModel):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from app.settings import Settings
 from embeddings.data import Dataset, DatasetError, LoadLimits, dataset_from_rows, load_dataset
+from library.settings import Settings
 
 ALLOWED_EXTENSIONS = ("jsonl", "ndjson", "json", "csv", "tsv", "tab", "conll", "iob", "bio", "txt")
 _CHUNK = 1 << 20
@@ -56,14 +56,15 @@ def _limits(settings: Settings) -> LoadLimits:
 
 
 def _store_dir(settings: Settings) -> Path:
-    path = settings.data_dir / "datasets"
+    path = settings.paths.datasets
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def store_file(stream: IO[bytes], filename: str | None, settings: Settings, *, name: str | None,
-               task_type: str | None, column_map: dict[str, str] | None) -> StoredUpload:
-    """Copy with a running size check and hash, validate with the one loader, then publish by rename."""
+               task_type: str | None, column_map: dict[str, str] | None, keep: bool = True) -> StoredUpload:
+    """Copy with a running size check and hash, validate with the one loader, then publish by rename
+    (`keep=False`: validate only; the temporary copy is removed and nothing is published)."""
     ext = safe_extension(filename)
     directory = _store_dir(settings)
     digest = hashlib.sha256()
@@ -87,6 +88,8 @@ def store_file(stream: IO[bytes], filename: str | None, settings: Settings, *, n
         sha = digest.hexdigest()
         final = directory / f"{sha}.{ext}"
         created = not final.exists()
+        if not keep:
+            return StoredUpload(dataset, sha, ext, size, final, created=False)
         os.replace(tmp, final)
         return StoredUpload(dataset, sha, ext, size, final, created)
     finally:
@@ -94,7 +97,7 @@ def store_file(stream: IO[bytes], filename: str | None, settings: Settings, *, n
 
 
 def store_rows(rows: list[dict[str, Any]], settings: Settings, *, name: str | None, task_type: str | None,
-               column_map: dict[str, str] | None) -> StoredUpload:
+               column_map: dict[str, str] | None, keep: bool = True) -> StoredUpload:
     dataset = dataset_from_rows(rows, name=name or "rows", task_type=task_type, column_map=column_map,
                                 limits=_limits(settings))
     body = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in dataset.to_rows())
@@ -103,7 +106,7 @@ def store_rows(rows: list[dict[str, Any]], settings: Settings, *, name: str | No
         raise UploadTooLarge(settings.max_upload_bytes)
     sha = hashlib.sha256(data).hexdigest()
     final = _store_dir(settings) / f"{sha}.jsonl"
-    created = not final.exists()
+    created = keep and not final.exists()
     if created:
         fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".upload-", suffix=".jsonl")
         with os.fdopen(fd, "wb") as out:

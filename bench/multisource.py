@@ -77,8 +77,8 @@ def git_revision() -> str:
 
 def recommended_sources(target: str, top_k: int, all_class: bool) -> list[dict[str, Any]]:
     """The shipped library's top-k sources for a library task, ranked from its stored embeddings."""
-    from app.settings import Settings
     from library.service import LibraryService, stored_targets
+    from library.settings import Settings
 
     with tempfile.TemporaryDirectory() as folder, \
             LibraryService.from_settings(Settings(data_dir=Path(folder))) as service:

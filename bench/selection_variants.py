@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from library.evaluation import evaluate, load_transfer_table  # noqa: E402
-from library.ranking import RRF_K  # noqa: E402
+from library.methods.base import RRF_K  # noqa: E402
 
 TUNING_TARGETS = ("stsb", "trec_qc", "mrpc")  # where session 2 looked at the variants
 ENSEMBLE_OF = ("textemb", "semb", "taskemb")

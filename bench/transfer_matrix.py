@@ -46,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = _ROOT.parent / "shared" / "data"
 DEFAULT_OUT = _ROOT / "library" / "default" / "transfer_matrix.csv"
-DEFAULT_CACHE = _ROOT / "var" / "source-checkpoints"
+DEFAULT_CACHE = _ROOT / "var" / "checkpoints"  # = DataPaths("var").checkpoints: the service reuses them
 COLUMNS = ["source", "target", "seed", "score", "baseline_score", "metric", "source_rows", "target_rows",
            "dev_rows", "steps", "best_step", "seconds", "git_rev"]
 BASELINE_COLUMNS = ["target", "seed", "score", "metric", "target_rows", "dev_rows", "steps", "best_step",
@@ -178,7 +178,7 @@ def append_row(path: Path, columns: list[str], row: dict[str, Any]) -> None:
 def majority_score(data_dir: Path, target: str, regime: TargetRegime) -> dict[str, Any]:
     """What predicting the training rows' most frequent class scores on the dev rows (the floor)."""
     from embeddings.data import LoadLimits, TaskType, load_dataset
-    from embeddings.finetune import main_metric
+    from embeddings.task_types import main_metric
 
     limits = LoadLimits(max_rows=10**7)
     train = load_dataset(data_dir / target, limits=limits).subsample(regime.target_max_rows, regime.data_seed)

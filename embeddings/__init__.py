@@ -1,3 +1,8 @@
 """taskrank ML core: datasets, encoders, TextEmb, SEmb and TaskEmb. Knows nothing of HTTP or Celery."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("taskrank")  # the one version: pyproject.toml's, from the installed metadata
+except PackageNotFoundError:  # a bare checkout that was never installed
+    __version__ = "0+unknown"

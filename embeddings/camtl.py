@@ -51,7 +51,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ class TaskConditioning(nn.Module):
         out = self.hyper(z)
         names = ("query", "attention_gamma", "attention_beta", "output_gamma", "output_beta", "film_scale",
                  "film_shift")
-        sizes = (h, h, h, h, h, r, r)
+        sizes = [h, h, h, h, h, r, r]
         return dict(zip(names, torch.split(out, sizes, dim=-1), strict=True))
 
     def adapter(self, states: torch.Tensor, mod: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -149,7 +149,7 @@ class ConditionalEncoder(nn.Module):
         layers = _bert_layers(bert)
         self.bert = bert
         self.frozen = options.frozen_layers(len(layers))
-        hidden = int(bert.config.hidden_size)
+        hidden = int(cast(Any, bert).config.hidden_size)
         self.task_embedding = nn.Embedding(num_tasks, options.task_embedding_dim)
         nn.init.normal_(self.task_embedding.weight, std=1.0)
         bottleneck = max(1, hidden // options.reduction_factor)
@@ -178,18 +178,20 @@ class ConditionalEncoder(nn.Module):
             return hook
 
         def adapter_hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-            return output + self.conditioning[key].adapter(output, self._mods[key]).to(output.dtype)
+            conditioning = cast(TaskConditioning, self.conditioning[key])
+            return output + conditioning.adapter(output, self._mods[key]).to(output.dtype)
 
-        layer.attention.self.query.register_forward_hook(query_hook)
-        layer.attention.output.LayerNorm.register_forward_hook(norm_hook("attention"))
-        layer.output.dense.register_forward_hook(adapter_hook)
-        layer.output.LayerNorm.register_forward_hook(norm_hook("output"))
+        bert_layer: Any = layer  # a BertLayer (see _bert_layers): submodules looked up by name
+        bert_layer.attention.self.query.register_forward_hook(query_hook)
+        bert_layer.attention.output.LayerNorm.register_forward_hook(norm_hook("attention"))
+        bert_layer.output.dense.register_forward_hook(adapter_hook)
+        bert_layer.output.LayerNorm.register_forward_hook(norm_hook("output"))
 
     def forward(self, task: int | torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         """`task`: one task for the batch, or one task id per row (a mixed MT-Uncertainty batch)."""
         ids = torch.as_tensor(task, device=self.task_embedding.weight.device).reshape(-1)
         z = self.task_embedding(ids)  # (1 or batch, d); modulations broadcast over the sequence
-        self._mods = {key: {name: m.unsqueeze(1) for name, m in cond.modulation(z).items()}
+        self._mods = {key: {name: m.unsqueeze(1) for name, m in cast(TaskConditioning, cond).modulation(z).items()}
                       for key, cond in self.conditioning.items()}
         try:
             return self.bert(**inputs).last_hidden_state
@@ -409,17 +411,18 @@ def train_camtl(train: Dataset, dev: Dataset, sources: list[Dataset], encoder: E
             pool_scores[t][scored[t]] = example_uncertainty(tasks[t].task_type, out, part).cpu().numpy()
 
     main = main_metric(train.task_type, train.name)
+    history: list[dict[str, Any]]
     best, best_step, history = -math.inf, 0, []
     best_weights: dict[str, torch.Tensor] | None = None
     task_examples = [0] * len(tasks)
     view = TaskView(model, 0)
     for step in range(1, total_steps + 1):
         if camtl.sampling == "uniform":
-            task = int(rng.integers(len(tasks)))
-            chosen = {task: rows[task].next_batch(options.batch_size)}
+            picked = int(rng.integers(len(tasks)))
+            chosen = {picked: rows[picked].next_batch(options.batch_size)}
         elif camtl.sampling == "sequential":
-            task = sequence[(step - 1) % len(sequence)]
-            chosen = {task: rows[task].next_batch(options.batch_size)}
+            picked = sequence[(step - 1) % len(sequence)]
+            chosen = {picked: rows[picked].next_batch(options.batch_size)}
         else:
             if (step - 1) % rescore_every == 0:
                 score({t: np.arange(len(p)) for t, p in enumerate(pool)})

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 
@@ -192,19 +192,20 @@ class Dataset:
             "length_words": _length_stats(words),
         }
         if self.task_type is TaskType.REGRESSION and self:
-            values = np.array([ex.label for ex in self.examples], dtype=np.float64)
+            values = np.array([cast(TextExample, ex).label for ex in self.examples], dtype=np.float64)
             info["label_stats"] = {"min": float(values.min()), "max": float(values.max()),
                                    "mean": float(values.mean()), "std": float(values.std())}
         if self.task_type is TaskType.QUESTION_ANSWERING:
-            info["unanswerable"] = sum(1 for ex in self.examples if not ex.answer_texts)
+            info["unanswerable"] = sum(1 for ex in self.examples if not cast(QAExample, ex).answer_texts)
         info["content_hash"] = self.content_hash
         return info
 
     def _label_counts(self) -> dict[str, int]:
+        counts: Counter[str]
         if self.task_type is TaskType.CLASSIFICATION:
-            counts = Counter(ex.label for ex in self.examples)
+            counts = Counter(cast(str, cast(TextExample, ex).label) for ex in self.examples)
         elif self.task_type is TaskType.SEQUENCE_LABELING:
-            counts = Counter(tag for ex in self.examples for tag in ex.tags)
+            counts = Counter(tag for ex in self.examples for tag in cast(TaggingExample, ex).tags)
         else:
             return {}
         return {label: counts[label] for label in [*self.labels, *sorted(set(counts) - set(self.labels))]}
@@ -280,7 +281,7 @@ def load_dataset(
 
 
 def dataset_from_rows(
-    rows: Iterable[dict],
+    rows: Iterable[dict[str, Any]],
     *,
     name: str = "rows",
     task_type: TaskType | str | None = None,
@@ -485,6 +486,13 @@ def _jsonl_records(path: Path, ctx: _Ctx) -> Iterator[Record]:
 _WS = re.compile(r"\s*")
 
 
+def _skip_ws(text: str, pos: int = 0) -> int:
+    """The end of the (possibly empty) run of whitespace at `pos`."""
+    match = _WS.match(text, pos)
+    assert match is not None  # r"\s*" matches everywhere, if only the empty string
+    return match.end()
+
+
 def _json_records(path: Path, ctx: _Ctx) -> Iterator[Record]:
     """A .json file: SQuAD, a list of rows, a single row, or JSON Lines under a .json name."""
     raw = path.read_bytes()  # a JSON document has to be parsed whole
@@ -495,12 +503,12 @@ def _json_records(path: Path, ctx: _Ctx) -> Iterator[Record]:
         raise ctx.error(f"not valid UTF-8 (byte 0x{raw[exc.start:exc.start + 1].hex()}); save the file as UTF-8",
                         line=raw.count(b"\n", 0, exc.start) + 1, column=exc.start - line_start + 1) from None
     del raw
-    pos = _WS.match(text).end()
+    pos = _skip_ws(text)
     if text.startswith("[", pos):
         yield from _json_array(text, pos, ctx)
         return
     value, end = _raw_decode(text, pos, ctx)
-    if text[_WS.match(text, end).end():]:
+    if text[_skip_ws(text, end):]:
         yield from _jsonl_records(path, ctx)  # more values follow: JSON Lines named .json
     elif isinstance(value, dict) and isinstance(value.get("data"), list):
         yield from _squad_records(value["data"], ctx)
@@ -523,21 +531,21 @@ def _raw_decode(text: str, pos: int, ctx: _Ctx) -> tuple[Any, int]:
 
 def _json_array(text: str, pos: int, ctx: _Ctx) -> Iterator[Record]:
     """Decode a top-level list one element at a time so each row keeps its line number."""
-    pos, line, counted = _WS.match(text, pos + 1).end(), 1, 0
+    pos, line, counted = _skip_ws(text, pos + 1), 1, 0
     if text.startswith("]", pos):
         return
     while True:
         line, counted = line + text.count("\n", counted, pos), pos
         value, pos = _raw_decode(text, pos, ctx)
         yield line, None, value
-        pos = _WS.match(text, pos).end()
+        pos = _skip_ws(text, pos)
         if text.startswith("]", pos):
-            if text[_WS.match(text, pos + 1).end():]:
+            if text[_skip_ws(text, pos + 1):]:
                 raise ctx.error("invalid JSON: extra data after the list", line=_line_at(text, pos + 1))
             return
         if not text.startswith(",", pos):
             raise ctx.error("invalid JSON: expected ',' or ']' after a list item", line=_line_at(text, pos))
-        pos = _WS.match(text, pos + 1).end()
+        pos = _skip_ws(text, pos + 1)
 
 
 def _squad_records(articles: list[Any], ctx: _Ctx) -> Iterator[Record]:
@@ -569,7 +577,7 @@ def _csv_records(path: Path, ctx: _Ctx, delimiter: str = ",") -> Iterator[Record
             current = lineno
             yield text
 
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(physical_lines(), delimiter=delimiter, quoting=quoting)
     header: list[str] | None = None
     while True:
@@ -587,8 +595,8 @@ def _csv_records(path: Path, ctx: _Ctx, delimiter: str = ",") -> Iterator[Record
             continue
         if len(row) != len(header):
             raise ctx.error(f"row has {len(row)} fields but the header has {len(header)} columns", line=start)
-        record = {f: row[i] for f, i in columns.items()}
-        if "text_pair" in record and not record["text_pair"].strip():
+        record: dict[str, str | None] = {f: row[i] for f, i in columns.items()}
+        if "text_pair" in record and not cast(str, record["text_pair"]).strip():
             record["text_pair"] = None  # CSV has no null: an empty pair cell means "no pair"
         yield start, None, record
 
@@ -703,6 +711,12 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "a number")
 
 
+@overload
+def _string(row: dict[str, Any], key: str | None, f: str, record: Record, ctx: _Ctx,
+            required: Literal[True] = ...) -> str: ...
+@overload
+def _string(row: dict[str, Any], key: str | None, f: str, record: Record, ctx: _Ctx,
+            required: bool) -> str | None: ...
 def _string(row: dict[str, Any], key: str | None, f: str, record: Record, ctx: _Ctx,
             required: bool = True) -> str | None:
     """A text field: present (if required), a string, not blank, within max_text_chars."""
@@ -753,18 +767,18 @@ def _text_examples(records: Iterable[Record], ctx: _Ctx, task_type: TaskType | N
     if task_type is TaskType.REGRESSION:
         for ex, label, record in zip(examples, raw_labels, seen, strict=True):
             ex.label = _regression_label(label, record, ctx)
-        return task_type, examples, []
+        return task_type, cast(list[Example], examples), []
     allowed = set(known_labels or ())
     for ex, label, record in zip(examples, raw_labels, seen, strict=True):
         ex.label = _class_label(label, record, ctx)
         if known_labels and ex.label not in allowed:
             raise ctx.error(f"unknown label '{ex.label}' (expected one of {_one_of(known_labels)})",
                             line=record[0], field="label", where=record[1])
-    distinct = sorted({ex.label for ex in examples})
+    distinct = sorted({cast(str, ex.label) for ex in examples})
     if len(distinct) < 2:
         raise ctx.error(f"only one label ('{distinct[0]}') in {len(examples)} rows; classification needs at "
                         "least two", field="label")
-    return task_type, examples, list(known_labels) if known_labels else distinct
+    return task_type, cast(list[Example], examples), list(known_labels) if known_labels else distinct
 
 
 def _regression_label(label: Any, record: Record, ctx: _Ctx) -> float:
@@ -868,6 +882,8 @@ def _answers(value: Any, context: str, record: Record, ctx: _Ctx) -> tuple[list[
 
     if value is None:
         raise fail("missing field 'answers' (use {\"text\": [], \"answer_start\": []} for no answer)")
+    texts: list[Any] | None
+    starts: list[Any] | None
     if isinstance(value, list) and all(isinstance(a, dict) for a in value):
         texts = [a.get("text") for a in value]
         starts = [a.get("answer_start") for a in value]

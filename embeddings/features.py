@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, options: Toke
     return _tokenize_text(dataset, tokenizer, options)
 
 
-def _arrays(encoded: dict, key: str) -> list[np.ndarray]:
+def _arrays(encoded: dict[str, Any], key: str) -> list[np.ndarray]:
     return [np.asarray(ids, dtype=np.int32) for ids in encoded[key]]
 
 
@@ -221,7 +222,7 @@ def length_grouped_order(lengths: np.ndarray, batch_size: int, rng: np.random.Ge
     """
     order = rng.permutation(len(lengths))
     size = batch_size * megabatch
-    batches = []
+    batches: list[np.ndarray] = []
     for start in range(0, len(order), size):
         chunk = order[start:start + size]
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
@@ -269,7 +270,7 @@ def _collate_labels(features: Features, index: np.ndarray, width: int) -> np.nda
             tags = features.labels[i]  # type: ignore[index]
             out[row, : len(tags)] = tags
         return out
-    return np.ascontiguousarray(features.labels[index])  # type: ignore[index,call-overload]
+    return np.ascontiguousarray(features.labels[index])  # type: ignore[index]
 
 
 def iterate(features: Features, batches: list[np.ndarray], device: torch.device, pad_to: int | None = None,

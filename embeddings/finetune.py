@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from embeddings import metrics as m
-from embeddings.data import Dataset, QAExample, TaggingExample, TaskType
+from embeddings.data import Dataset, QAExample, TaggingExample, TaskType, TextExample
 from embeddings.encoders import Encoder
 from embeddings.features import (
     IGNORE_INDEX,
@@ -35,6 +35,7 @@ from embeddings.features import (
 )
 from embeddings.heads import TaskHead
 from embeddings.options import ProgressFn, no_progress
+from embeddings.task_types import main_metric
 
 MAX_ANSWER_TOKENS = 30
 
@@ -74,17 +75,6 @@ class FinetuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def main_metric(task_type: TaskType, dataset_name: str = "") -> str:
-    """The headline metric per task type (Matthews correlation for CoLA-like acceptability tasks)."""
-    if task_type == TaskType.REGRESSION:
-        return "spearman"
-    if task_type == TaskType.QUESTION_ANSWERING:
-        return "f1"
-    if task_type == TaskType.SEQUENCE_LABELING:
-        return "f1"
-    return "matthews" if "cola" in dataset_name.lower() else "accuracy"
 
 
 class TaskModel(nn.Module):
@@ -236,7 +226,8 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict[str, Any]]:
     """AdamW groups over the parameters that require gradients: no decay on biases, norms and scalars."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
@@ -268,7 +259,7 @@ def _align_labels(train: Features, dev: Features) -> None:
     if dev.task_type == TaskType.CLASSIFICATION:
         dev.labels = remap[np.asarray(dev.labels)]
     else:
-        dev.labels = [np.where(tags == IGNORE_INDEX, IGNORE_INDEX, remap[np.maximum(tags, 0)]) for tags in dev.labels]
+        dev.labels = [np.where(tags == IGNORE_INDEX, IGNORE_INDEX, remap[np.maximum(tags, 0)]) for tags in cast(list[np.ndarray], dev.labels)]
     dev.label_names, dev.num_labels = list(train.label_names), train.num_labels
 
 
@@ -291,9 +282,9 @@ def evaluate_model(model: TaskModel, dataset: Dataset, features: Features, encod
                 "matthews": 100 * m.matthews_corrcoef(predictions, gold)}
     if task == TaskType.REGRESSION:
         mean, std = label_stats or (0.0, 1.0)
-        predictions = [float(outputs[i]) * std + mean for i in range(len(features))]
-        gold = [float(ex.label) for ex in dataset.examples]  # type: ignore[union-attr]
-        return {"pearson": 100 * m.pearson(predictions, gold), "spearman": 100 * m.spearman(predictions, gold)}
+        values = [float(outputs[i]) * std + mean for i in range(len(features))]
+        targets = [float(cast(float, cast(TextExample, ex).label)) for ex in dataset.examples]
+        return {"pearson": 100 * m.pearson(values, targets), "spearman": 100 * m.spearman(values, targets)}
     if task == TaskType.SEQUENCE_LABELING:
         return _tagging_scores(dataset, features, outputs, encoder)
     return _qa_scores(dataset, features, outputs, encoder)

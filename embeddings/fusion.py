@@ -30,12 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from embeddings.encoders import Encoder
+from embeddings.registry import ADAPTER_METHODS
 from embeddings.source_adapters import AdapterOptions, load_adapter_state, quiet_adapters, with_adapters
 
 SCALEARN_VARIANTS = {  # method -> (omega per hidden unit?, one omega per layer?)
@@ -44,7 +45,7 @@ SCALEARN_VARIANTS = {  # method -> (omega per hidden unit?, one omega per layer?
     "scalearn_plus": (True, False),
     "scalearn_uniform_plus": (False, False),
 }
-ADAPTER_METHODS = (*SCALEARN_VARIANTS, "adapterfusion", "pemt")
+assert ADAPTER_METHODS == (*SCALEARN_VARIANTS, "adapterfusion", "pemt")  # the registry's order
 TARGET = "target"  # name of the target's adapter in the fused model
 
 
@@ -157,7 +158,7 @@ def build_fused_body(method: str, encoder: Encoder, source_states: list[dict[str
     if method != "pemt" and target_state is None:
         raise ValueError(f"{method} fuses the target's own adapter: give target_state")
     fused = [*names, TARGET]
-    body = with_adapters(encoder, fused, options)
+    body: Any = with_adapters(encoder, fused, options)  # an AdapterHub model (untyped methods)
     for name, state in zip(names, source_states, strict=True):
         load_adapter_state(body, name, state)
     if method != "pemt":
@@ -167,7 +168,8 @@ def build_fused_body(method: str, encoder: Encoder, source_states: list[dict[str
     body.add_adapter_fusion(setup, config="dynamic")
     with quiet_adapters():
         body.train_adapter_fusion(setup)  # freezes everything but the fusion layers; activates the Fuse
-    holders = [m for m in body.modules() if hasattr(m, "adapter_fusion_layer") and setup.name in m.adapter_fusion_layer]
+    holders: list[Any] = [m for m in body.modules()
+                          if hasattr(m, "adapter_fusion_layer") and setup.name in m.adapter_fusion_layer]
     hidden = encoder.hidden_size
     result = FusedBody(body=body, method=method, adapter_names=fused)
     if method == "adapterfusion":
@@ -195,7 +197,7 @@ def build_fused_body(method: str, encoder: Encoder, source_states: list[dict[str
         if f".adapters.{TARGET}." in param_name:
             param.requires_grad = True
     body.to(encoder.device)
-    gates = list(result.modules)
+    gates = [cast(PemtGate, module) for module in result.modules]
     target_prior = prior.to(encoder.device)
 
     def pemt_loss(model: nn.Module) -> torch.Tensor | None:
@@ -227,7 +229,8 @@ def scalearn_parameter_count(method: str, sources: int, layers: int, hidden_size
 
 def scalearn_weights(fused: FusedBody) -> tuple[list[float], list[list[float]]]:
     """Per adapter: the mean scale over layers (and units), and the per-layer means (layer, adapter)."""
-    per_layer = [module.omega.detach().float().mean(dim=1).cpu().tolist() for module in fused.modules]
+    per_layer = [cast(ScaLearnFusion, module).omega.detach().float().mean(dim=1).cpu().tolist()
+                 for module in fused.modules]
     count = len(per_layer[0])
     means = [sum(layer[i] for layer in per_layer) / len(per_layer) for i in range(count)]
     return means, per_layer
@@ -259,7 +262,8 @@ def mean_fusion_weights(fused: FusedBody, batches: Sequence[dict[str, torch.Tens
                 weight = float(mask.sum())
             else:
                 body(**inputs)
-                layer_weights = [module.last_gate.float().sum(dim=0).cpu() for module in fused.modules]
+                layer_weights = [cast(torch.Tensor, cast(PemtGate, module).last_gate).float().sum(dim=0).cpu()
+                                 for module in fused.modules]
                 weight = float(mask.shape[0])
         sums = layer_weights if sums is None else [a + b for a, b in zip(sums, layer_weights, strict=True)]
         count += weight

@@ -12,17 +12,18 @@ import collections
 import re
 import string
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 
-def accuracy(predictions: Sequence, labels: Sequence) -> float:
+def accuracy(predictions: Sequence[Any], labels: Sequence[Any]) -> float:
     if len(labels) == 0:
         return 0.0
     return float(np.mean([p == y for p, y in zip(predictions, labels, strict=True)]))
 
 
-def macro_f1(predictions: Sequence, labels: Sequence) -> float:
+def macro_f1(predictions: Sequence[Any], labels: Sequence[Any]) -> float:
     """Unweighted mean of per-class F1 over the classes present in labels or predictions."""
     classes = sorted(set(labels) | set(predictions), key=str)
     scores = []
@@ -34,7 +35,7 @@ def macro_f1(predictions: Sequence, labels: Sequence) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
-def matthews_corrcoef(predictions: Sequence, labels: Sequence) -> float:
+def matthews_corrcoef(predictions: Sequence[Any], labels: Sequence[Any]) -> float:
     """Multiclass MCC (Gorodkin's R_K), which is the usual phi coefficient for two classes."""
     classes = sorted(set(labels) | set(predictions), key=str)
     index = {c: i for i, c in enumerate(classes)}
@@ -48,7 +49,7 @@ def matthews_corrcoef(predictions: Sequence, labels: Sequence) -> float:
     return float((c * s - t @ p) / denominator) if denominator else 0.0
 
 
-def pearson(predictions: Sequence[float], labels: Sequence[float]) -> float:
+def pearson(predictions: Sequence[float] | np.ndarray, labels: Sequence[float] | np.ndarray) -> float:
     x, y = np.asarray(predictions, dtype=np.float64), np.asarray(labels, dtype=np.float64)
     if len(x) < 2 or x.std() == 0 or y.std() == 0:
         return 0.0

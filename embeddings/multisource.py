@@ -47,9 +47,9 @@ from embeddings.fusion import (
     scalearn_weights,
 )
 from embeddings.options import ProgressFn, no_progress
+from embeddings.registry import MULTI_SOURCE_METHODS, TRANSFER_METHODS  # noqa: F401 - re-exported
 from embeddings.source_adapters import AdapterOptions, StoredAdapter, source_adapter, target_adapter
 
-MULTI_SOURCE_METHODS = (*ADAPTER_METHODS, "camtl")
 DEFAULT_COMBINATION_LR = {  # our defaults for the stage-2 parameters (AdapterFusion's is its paper's 5e-5)
     "scalearn": 3e-3, "scalearn_uniform": 3e-3, "scalearn_plus": 3e-3, "scalearn_uniform_plus": 3e-3,
     "adapterfusion": 5e-5, "pemt": 5e-4,

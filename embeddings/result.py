@@ -57,7 +57,8 @@ class EmbeddingResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, **{_key(name): vec.astype(np.float32) for name, vec in self.vectors.items()})
+            arrays: dict[str, Any] = {_key(name): vec.astype(np.float32) for name, vec in self.vectors.items()}
+            np.savez(fh, **arrays)
         meta_path = path.with_suffix(".json")
         meta_tmp = meta_path.with_name(meta_path.name + ".tmp")
         meta_tmp.write_text(json.dumps(self.metadata(), indent=2, sort_keys=True))

@@ -101,7 +101,7 @@ def with_adapters(encoder: Encoder, names: list[str], options: AdapterOptions) -
     """
     import adapters
 
-    body = copy.deepcopy(encoder.model)
+    body: Any = copy.deepcopy(encoder.model)  # adapters.init adds AdapterHub's (untyped) methods
     adapters.init(body)
     for name in names:
         if not name or any(c in name for c in ".,"):
@@ -137,7 +137,7 @@ def train_adapter(train: Dataset, dev: Dataset | None, encoder: Encoder, options
     """Train one adapter and a head on `train` with the encoder frozen; returns (result, adapter weights)."""
 
     def build() -> nn.Module:
-        body = with_adapters(encoder, [STORED_NAME], options)
+        body: Any = with_adapters(encoder, [STORED_NAME], options)  # an AdapterHub model
         with quiet_adapters():
             body.train_adapter(STORED_NAME)  # unfreezes this adapter only and makes it active
         return body

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from embeddings.heads import TaskHead
 from embeddings.options import ProgressFn, TaskEmbOptions, library_versions, no_progress
 from embeddings.result import EmbeddingResult
 from embeddings.textemb import plan_batches
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def fisher_normalise(grad: torch.Tensor, mask: torch.Tensor, per_example: bool) -> torch.Tensor:
@@ -247,7 +251,7 @@ def _accumulate(model: nn.Module, head: TaskHead, features: Features, encoder: E
         batches = plan_batches(features, options)
     handles = []
     if not options.include_parameters:  # only activation gradients are needed: skip every weight gradient
-        handles.append(model.get_input_embeddings().register_forward_hook(
+        handles.append(cast("PreTrainedModel", model).get_input_embeddings().register_forward_hook(
             lambda _m, _i, out: out.requires_grad_(True)))
     for i, (attention, output) in enumerate(layer_output_modules(model)):
         for kind, module in (("attention_output", attention), ("output", output)):

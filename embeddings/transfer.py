@@ -136,8 +136,12 @@ def source_encoder_state(source: Dataset, encoder: Encoder, options: TransferOpt
 
 def intermediate_transfer(target_train: Dataset, target_dev: Dataset, sources: list[Dataset], encoder: Encoder,
                           options: TransferOptions | None = None, *, cache_dir: str | Path,
+                          source_devs: list[Dataset | None] | None = None,
                           on_progress: ProgressFn = no_progress) -> TransferReport:
-    """Every source then the target, and the no-transfer baseline, for every seed."""
+    """Every source then the target, and the no-transfer baseline, for every seed.
+
+    `source_devs[i]`: source i's dev split, on which its training is evaluated and early-stopped.
+    """
     options = options or TransferOptions()
     train = target_train.subsample(options.target_max_rows, options.data_seed)
     units = len(options.seeds) * (1 + len(sources)) + len(sources)
@@ -156,8 +160,9 @@ def intermediate_transfer(target_train: Dataset, target_dev: Dataset, sources: l
         advance()
     base_mean, base_std = _mean_std([r.score for r in baseline])
     outcomes = []
-    for source in sources:
-        state, path = source_encoder_state(source, encoder, options, cache_dir)
+    devs = source_devs or [None] * len(sources)
+    for source, source_dev in zip(sources, devs, strict=True):
+        state, path = source_encoder_state(source, encoder, options, cache_dir, dev=source_dev)
         advance()
         runs = []
         for seed in options.seeds:

@@ -19,15 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from embeddings.api import EMBEDDING_METHODS, embed_many
 from embeddings.data import Dataset, LoadLimits, load_dataset
 from embeddings.encoders import Encoder
 from embeddings.options import EmbedOptions, ProgressFn, TaskEmbOptions, library_versions, no_progress
+from embeddings.registry import in_pass
 from embeddings.result import EmbeddingResult
-from embeddings.taskemb import fisher_embedding
-from embeddings.textemb import text_and_sentence_embeddings
 from library.errors import LibraryError
-from library.ranking import ENSEMBLE_PARTS, RANK_METHODS, Ranking, SourceLibrary
-from library.store import EMBEDDING_METHODS, LibraryStore, SourceTask
+from library.methods import RANKING_METHODS
+from library.store import LibraryStore, SourceTask
 
 OPTIONS_FORMAT = 1
 # Performance knobs: they change how rows are batched, not what is computed, so they are not part of
@@ -38,14 +38,9 @@ _SOURCE_LIMITS = LoadLimits(max_rows=1_000_000, max_text_chars=1_000_000)
 
 
 def taskrank_version() -> str:
-    try:
-        from importlib.metadata import version
+    from embeddings import __version__
 
-        return version("taskrank")
-    except Exception:  # not installed (running from a checkout)
-        from embeddings import __version__
-
-        return __version__
+    return __version__
 
 
 @dataclass(frozen=True)
@@ -54,7 +49,7 @@ class BuildOptions:
 
     max_rows: int = 1000
     seed: int = 13
-    methods: tuple[str, ...] = EMBEDDING_METHODS
+    methods: tuple[str, ...] = tuple(EMBEDDING_METHODS)
     embed: EmbedOptions = field(default_factory=EmbedOptions)
     taskemb: TaskEmbOptions = field(default_factory=TaskEmbOptions)
 
@@ -93,7 +88,7 @@ class BuildOptions:
             "seed": self.seed,
             "methods": list(self.methods),
         }
-        if {"textemb", "semb"} & set(self.methods):
+        if in_pass(self.methods, "text"):
             out["embed"] = _without_performance(asdict(self.embed))
         if "taskemb" in self.methods:
             taskemb = _without_performance(asdict(self.taskemb_options()))
@@ -150,35 +145,10 @@ def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def methods_for(method: str) -> tuple[str, ...]:
-    """The embedding methods a ranking method needs."""
-    if method == "ensemble":
-        return ENSEMBLE_PARTS
-    if method not in EMBEDDING_METHODS:
-        raise LibraryError(f"unknown ranking method {method!r}; expected one of {', '.join(RANK_METHODS)}")
-    return (method,)
-
-
-class _StagedProgress:
-    """Folds the progress of consecutive stages into one (done, total) stream."""
-
-    def __init__(self, on_progress: ProgressFn, estimates: list[int]) -> None:
-        self.on_progress = on_progress
-        self.estimates = estimates
-        self.finished = 0
-        self.stage = 0
-
-    def callback(self) -> ProgressFn:
-        def update(done: int, total: int) -> None:
-            pending = sum(self.estimates[self.stage + 1 :])
-            self.on_progress(self.finished + done, self.finished + total + pending)
-            self._last_total = total
-
-        self._last_total = self.estimates[self.stage]
-        return update
-
-    def next(self) -> None:
-        self.finished += self._last_total
-        self.stage += 1
+    """The embedding methods a ranking method (or an embedding method itself) needs."""
+    if method in EMBEDDING_METHODS:
+        return (method,)
+    return RANKING_METHODS.get(method).needs
 
 
 def embed_target(
@@ -204,26 +174,7 @@ def embed_target(
             f"the library has no {', '.join(missing)} embeddings (built with {', '.join(options.methods)})"
         )
     sample = dataset.subsample(options.max_rows, options.seed)
-    text_pass = bool({"textemb", "semb"} & set(wanted))
-    estimates = []
-    if text_pass:
-        estimates.append(len(sample))
-    if "taskemb" in wanted:
-        taskemb = options.taskemb_options()
-        estimates.append(taskemb.train_steps * taskemb.train_batch_size + len(sample))
-    staged = _StagedProgress(on_progress, estimates)
-    results: dict[str, EmbeddingResult] = {}
-    if text_pass:
-        text, sentence = text_and_sentence_embeddings(
-            sample, encoder, options.embed_options(), staged.callback()
-        )
-        staged.next()
-        for result in (text, sentence):
-            if result.method in wanted:
-                results[result.method] = result
-    if "taskemb" in wanted:
-        results["taskemb"] = fisher_embedding(sample, encoder, options.taskemb_options(), staged.callback())
-        staged.next()
+    results = embed_many(sample, wanted, encoder, options.embed_options(), options.taskemb_options(), on_progress)
     return {m: results[m] for m in wanted}
 
 
@@ -498,7 +449,7 @@ def build_library(
             on_task(report)
         on_progress(i + 1, len(folders))
     seconds = time.perf_counter() - started
-    report = BuildReport(
+    build_report = BuildReport(
         tasks=reports,
         seconds=round(seconds, 3),
         model_name=encoder.name,
@@ -506,56 +457,21 @@ def build_library(
         options=options.identity(),
         library_version=store.version(),
     )
-    report.build_id = store.record_build(
+    build_report.build_id = store.record_build(
         {
             "kind": "build",
             "data_dir": str(Path(data_dir).resolve()),
             "started_at": started_at,
-            "seconds": report.seconds,
+            "seconds": build_report.seconds,
             "model_name": encoder.name,
             "model_hash": encoder.weights_hash,
-            "options": report.options,
+            "options": build_report.options,
             "options_hash": options.options_hash,
             "taskrank_version": taskrank_version(),
             "versions": library_versions(),
             "device": str(encoder.device),
-            "library_version": report.library_version,
+            "library_version": build_report.library_version,
             "tasks": [asdict(t) for t in reports],
         }
     )
-    return report
-
-
-# -------------------------------------------------------------------------------------------------
-# Ranking a dataset
-# -------------------------------------------------------------------------------------------------
-
-
-def rank_dataset(
-    dataset: Dataset,
-    library: SourceLibrary,
-    encoder: Encoder,
-    method: str = "ensemble",
-    top_k: int = 10,
-    all_class: bool = False,
-    on_progress: ProgressFn = no_progress,
-    token_budget: int = 0,
-) -> Ranking:
-    """Embed `dataset` the library's way and rank the library's sources for it.
-
-    The target's own task is excluded when a source's data hash equals the full dataset's hash.
-    """
-    if method not in RANK_METHODS:
-        raise LibraryError(f"unknown ranking method {method!r}; expected one of {', '.join(RANK_METHODS)}")
-    store = library.store
-    options = library_options(store)
-    if options is None:
-        if not store.list_tasks():
-            raise LibraryError(
-                "the library is empty: run `taskrank library build DATA_DIR` or `library import DIR`"
-            )
-        raise LibraryError("the library records no build options: rebuild it with `taskrank library build`")
-    check_encoder(store, encoder)
-    options = options.with_token_budget(encoder.token_budget(token_budget))
-    targets = embed_target(dataset, encoder, methods_for(method), options, on_progress)
-    return library.rank(targets, method, top_k=top_k, all_class=all_class, exclude_hash=dataset.content_hash)
+    return build_report

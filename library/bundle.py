@@ -1,6 +1,6 @@
 """Export a library to a portable directory and import it back; the shipped default library.
 
-A bundle is a directory with two files:
+A bundle is a directory with two or three files:
 
 * `manifest.json`: the tasks (metadata and provenance), for each task its embeddings (model name
   and hash, method, component, dimension, options, and the array key in vectors.npz), the models,
@@ -8,6 +8,8 @@ A bundle is a directory with two files:
   every other file of the bundle.
 * `vectors.npz`: float32 vectors keyed `task/method/component` (prefixed `m<i>/` when a library
   holds several models).
+* `maps.npz` (when the library has per-source maps, e.g. ESMs): fp16 `task/kind/weight` and
+  `task/kind/bias`, described under `maps` in the manifest (model, checkpoint, fit quality).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -33,6 +35,8 @@ BUNDLE_FORMAT = "taskrank-library"
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 VECTORS = "vectors.npz"
+MAPS = "maps.npz"
+MAP_KINDS = ("esm",)
 
 
 def default_library_path() -> Path:
@@ -110,9 +114,18 @@ def export_library(store: LibraryStore, path: str | Path) -> ExportReport:
             }
         )
     vectors_path = path / VECTORS
-    _atomic(vectors_path, lambda fh: np.savez(fh, **arrays))
+    _atomic(vectors_path, lambda fh: np.savez(fh, **cast(dict[str, Any], arrays)))
+    map_entries, map_arrays = _export_maps(store)
+    files = {VECTORS: _sha256(vectors_path)}
+    if map_arrays:
+        _atomic(path / MAPS, lambda fh: np.savez(fh, **cast(dict[str, Any], map_arrays)))
+        files[MAPS] = _sha256(path / MAPS)
+    elif (path / MAPS).exists():
+        (path / MAPS).unlink()
     options = library_options(store)
     builds = [b for b in store.builds() if b.get("kind") == "build"]
+    if not builds:  # a store that imported its library: the bundle's own build record
+        builds = [b["build"] for b in store.builds() if b.get("kind") == "import" and b.get("build")]
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -123,12 +136,54 @@ def export_library(store: LibraryStore, path: str | Path) -> ExportReport:
         "options": options.identity() if options is not None else None,
         "build": _summarise_build(builds[-1]) if builds else None,
         "tasks": entries,
-        "files": {VECTORS: _sha256(vectors_path)},
+        "maps": map_entries,
+        "files": files,
     }
     text = json.dumps(manifest, indent=1, sort_keys=False, ensure_ascii=False) + "\n"
     _atomic(path / MANIFEST, lambda fh: fh.write(text.encode("utf-8")))
-    size = sum((path / f).stat().st_size for f in (MANIFEST, VECTORS))
+    size = sum((path / f).stat().st_size for f in (MANIFEST, *files))
     return ExportReport(str(path), len(entries), len(arrays), size, version)
+
+
+def _export_maps(store: LibraryStore) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    entries, arrays = [], {}
+    for kind in MAP_KINDS:
+        for m in store.source_maps(kind):
+            key = f"{m.task_name}/{kind}/{m.model_hash}"
+            arrays[f"{key}/weight"] = m.weight.astype("<f2")
+            arrays[f"{key}/bias"] = m.bias.astype("<f2")
+            entries.append({"task": m.task_name, "kind": kind, "model_name": m.model_name,
+                            "model_hash": m.model_hash, "checkpoint": m.checkpoint, "array": key, "info": m.info})
+    return entries, arrays
+
+
+def import_maps(store: LibraryStore, path: str | Path, manifest: dict[str, Any] | None = None) -> list[str]:
+    """The bundle's per-source maps for tasks the store has with the same data; returns the tasks given maps.
+
+    A map is imported only where the store has none of that kind and model for the task, so a map the
+    operator built is never overwritten by a shipped one.
+    """
+    path = Path(path)
+    manifest = manifest if manifest is not None else read_manifest(path)
+    entries = manifest.get("maps") or []
+    if not entries or not (path / MAPS).is_file():
+        return []
+    tasks = {t["name"]: t for t in manifest.get("tasks") or []}
+    added = []
+    with np.load(path / MAPS, allow_pickle=False) as arrays:
+        for entry in entries:
+            task = store.get_task(entry["task"])
+            shipped = tasks.get(entry["task"])
+            if task is None or shipped is None or task.data_hash != shipped.get("data_hash"):
+                continue
+            have = {m.task_id for m in store.source_maps(entry["kind"], entry["model_hash"])}
+            if task.id in have:
+                continue
+            store.put_source_map(task.id, entry["kind"], entry["model_name"], entry["model_hash"],
+                                 entry["checkpoint"], arrays[f"{entry['array']}/weight"],
+                                 arrays[f"{entry['array']}/bias"], entry.get("info") or {})
+            added.append(entry["task"])
+    return added
 
 
 def _summarise_build(build: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +247,7 @@ class ImportReport:
     replaced: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     library_version: str = ""
+    maps: list[str] = field(default_factory=list)  # tasks that received a per-source map (ESM)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -307,6 +363,7 @@ def import_library(store: LibraryStore, path: str | Path, replace: bool = False)
                 store.remove_task(added.id)
                 raise
             (report.replaced if action == "replace" else report.added).append(name)
+    report.maps = import_maps(store, path, manifest)
     report.library_version = store.version()
     if report.added or report.replaced:
         store.record_build(
@@ -328,9 +385,11 @@ def import_library(store: LibraryStore, path: str | Path, replace: bool = False)
 
 def ensure_default_library(store: LibraryStore, path: str | Path | None = None) -> ImportReport | None:
     """Import the shipped default library into an EMPTY store; None when the store has tasks or none ships."""
-    if store.list_tasks():
-        return None
     path = Path(path) if path is not None else default_library_path()
+    if store.list_tasks():
+        if (path / MANIFEST).is_file() and (path / MAPS).is_file() and not store.source_maps("esm"):
+            import_maps(store, path)  # maps shipped after this store imported the library
+        return None
     if not (path / MANIFEST).is_file():
         return None
     return import_library(store, path)

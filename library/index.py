@@ -22,7 +22,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import faiss
 import numpy as np
@@ -32,6 +32,8 @@ from library.store import EmbeddingSet, LibraryStore
 
 IndexKind = Literal["flat", "hnsw"]
 Similarity = Literal["cosine", "centred"]
+# The one default (Settings.similarity uses it): cosine after subtracting the library's mean vector.
+DEFAULT_SIMILARITY: Similarity = "centred"
 SIDECAR_FORMAT = 1
 
 
@@ -45,7 +47,7 @@ class IndexInfo:
     component: str
     dimension: int
     kind: IndexKind = "flat"
-    similarity: Similarity = "cosine"
+    similarity: Similarity = DEFAULT_SIMILARITY
     centre: list[float] | None = None  # "centred": the mean of the library's normalised vectors
     library_version: str = ""
     names: dict[int, str] = field(default_factory=dict)  # task id -> task name
@@ -134,7 +136,7 @@ class VectorIndex:
 
     @classmethod
     def from_embedding_set(
-        cls, es: EmbeddingSet, kind: IndexKind = "flat", similarity: Similarity = "cosine", **kwargs: Any
+        cls, es: EmbeddingSet, kind: IndexKind = "flat", similarity: Similarity = DEFAULT_SIMILARITY, **kwargs: Any
     ) -> VectorIndex:
         """Build from the database's vectors of one key."""
         if not len(es.ids):
@@ -206,7 +208,8 @@ class VectorIndex:
         """Remove ids; returns how many were present. HNSW cannot delete in place, so it is rebuilt."""
         drop = set(np.asarray(ids, dtype=np.int64).reshape(-1).tolist())
         if self.info.kind == "flat":
-            removed = int(self.index.remove_ids(np.fromiter(drop, dtype=np.int64, count=len(drop))))
+            # faiss's Python wrapper takes an id array; its stubs only declare remove_ids(IDSelector) here
+            removed = int(self.index.remove_ids(np.fromiter(drop, dtype=np.int64, count=len(drop))))  # type: ignore[arg-type]
         else:
             current = self.ids()
             keep = np.array([i not in drop for i in current.tolist()], dtype=bool)
@@ -257,7 +260,7 @@ class VectorIndex:
         if k <= 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if self.info.kind == "hnsw":
-            faiss.downcast_index(self.index.index).hnsw.efSearch = max(self.ef_search, k)
+            cast(faiss.IndexHNSW, faiss.downcast_index(self.index.index)).hnsw.efSearch = max(self.ef_search, k)
         sims, ids = self.index.search(self.prepare(q), k)
         found = ids[0] >= 0
         return ids[0][found].astype(np.int64), sims[0][found].astype(np.float32)
@@ -328,7 +331,7 @@ class LibraryIndexes:
         store: LibraryStore,
         index_dir: str | Path,
         kind: IndexKind = "flat",
-        similarity: Similarity = "cosine",
+        similarity: Similarity = DEFAULT_SIMILARITY,
         **index_kwargs: Any,
     ):
         self.store = store

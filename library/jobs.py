@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    CursorResult,
     DateTime,
     Engine,
     Float,
@@ -330,6 +331,18 @@ class JobStore:
             s.flush()
             return _dataset(row)
 
+    def find_dataset(self, *, file_sha256: str, content_hash: str, name: str, task_type: str,
+                     owner: str | None) -> StoredDataset | None:
+        """The record an identical upload (same file, content, name, task type and owner) already made."""
+        with self.session() as s:
+            query = select(DatasetRow).where(
+                DatasetRow.file_sha256 == file_sha256, DatasetRow.content_hash == content_hash,
+                DatasetRow.name == name, DatasetRow.task_type == task_type,
+                DatasetRow.owner.is_(None) if owner is None else DatasetRow.owner == owner,
+            ).order_by(DatasetRow.created_at).limit(1)
+            row = s.scalars(query).first()
+            return _dataset(row) if row else None
+
     def get_dataset(self, dataset_id: str) -> StoredDataset | None:
         row = self._read_one(_DATASET_BY_ID, dataset_id)
         return _dataset(row) if row else None  # type: ignore[arg-type]  # a Row has the same attributes
@@ -419,7 +432,8 @@ class JobStore:
             rows = s.execute(select(JobRow.kind, JobRow.started_at, JobRow.finished_at)
                              .where(JobRow.state == JobState.SUCCEEDED.value, JobRow.started_at.is_not(None))
                              .order_by(JobRow.finished_at.desc()).limit(limit)).all()
-        return [(kind, (_aware(end) - _aware(start)).total_seconds()) for kind, start, end in rows if end]
+        # started_at IS NOT NULL is part of the query
+        return [(kind, (_aware(end) - _aware(cast(datetime, start))).total_seconds()) for kind, start, end in rows if end]
 
     def start_job(self, job_id: str, stale_after: float = 90.0) -> Job | None:
         """Mark running and return the job; None when there is nothing for this delivery to do.
@@ -483,7 +497,7 @@ class JobStore:
             changed = s.execute(update(JobRow).where(JobRow.id == job_id,
                                                      JobRow.state.not_in([t.value for t in TERMINAL]))
                                 .values(**values))
-            return bool(changed.rowcount)
+            return bool(cast(CursorResult[Any], changed).rowcount)  # an UPDATE returns a CursorResult
 
     def set_job_params(self, job_id: str, params: dict[str, Any]) -> None:
         with self.session() as s:

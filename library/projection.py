@@ -11,8 +11,6 @@ scaled to unit length; the ensemble the TextEmb vectors. `caption` says which.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +18,32 @@ from typing import Any
 
 import numpy as np
 
+from embeddings.api import EMBEDDING_METHODS
 from embeddings.result import EmbeddingResult
 from library.build import library_options
 from library.errors import LibraryError
+from library.methods import RANKING_METHODS
 from library.store import LibraryStore
+from library.target_cache import find_target_embedding
 
-MAP_METHODS = ("textemb", "semb", "taskemb", "ensemble")
-_BASIS = {"textemb": "textemb", "semb": "semb", "taskemb": "taskemb", "ensemble": "textemb"}
-_CAPTIONS = {
-    "textemb": "PCA of the L2-normalised TextEmb vectors (mean-pooled token embeddings)",
-    "semb": "PCA of the L2-normalised SEmb vectors (sentence embeddings)",
-    "taskemb": "PCA of the TaskEmb vectors: the {n} Fisher components every task has, each L2-normalised, "
-               "concatenated",
-    "ensemble": "The ensemble fuses rankings, not vectors: PCA of the L2-normalised TextEmb vectors",
-}
+
+def map_methods() -> tuple[str, ...]:
+    """Every ranking method can be mapped: by its `map_basis` vectors (the registry decides)."""
+    return RANKING_METHODS.names()
+
+
+def _basis(method: str) -> str:
+    if method in EMBEDDING_METHODS:
+        return method
+    return RANKING_METHODS.get(method).map_basis
+
+
+def _caption(method: str) -> str:
+    basis = _basis(method)
+    caption = EMBEDDING_METHODS[basis].map_caption
+    if method != basis:
+        return f"{RANKING_METHODS.get(method).label} fuses rankings, not vectors: " + caption
+    return caption
 
 
 @dataclass(frozen=True)
@@ -131,9 +141,9 @@ def _pick_model(store: LibraryStore, method: str, preferred: str | None) -> str 
 
 def library_vectors(store: LibraryStore, method: str, model_name: str | None = None) -> LibraryVectors | None:
     """Unit-length library vectors for a map of `method` (the ensemble maps TextEmb); None if there are none."""
-    if method not in MAP_METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(MAP_METHODS)}")
-    basis = _BASIS[method]
+    if method not in RANKING_METHODS and method not in EMBEDDING_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(map_methods())}")
+    basis = _basis(method)
     model = _pick_model(store, basis, model_name)
     if model is None:
         return None
@@ -159,55 +169,6 @@ def library_vectors(store: LibraryStore, method: str, model_name: str | None = N
                           widths=[es.dimension for es in chosen], task_ids=task_ids, matrix=matrix)
 
 
-def target_cache_path(data_dir: str | Path, dataset_hash: str, model_hash: str, method: str,
-                      options_hash: str) -> Path:
-    """Where the worker caches a target's embedding (the key of `worker.runner._embedding_cache`)."""
-    key = hashlib.sha256(json.dumps([dataset_hash, model_hash, method, options_hash]).encode()).hexdigest()
-    return Path(data_dir) / "embeddings" / f"{key[:32]}.npz"
-
-
-def find_target_embedding(data_dir: str | Path, dataset_hash: str, method: str,
-                          model_hash: str | None = None, options_hash: str | None = None) -> EmbeddingResult | None:
-    """The worker's cached embedding of a target (by its dataset hash) under `method`; None when absent.
-
-    The worker names cache files by a hash of (data, model, method, library options): with the
-    model and options hashes that file is read directly. Otherwise (or when it is not there) the
-    JSON sidecars, which carry the dataset hash, method and model, are searched, newest first.
-    """
-    folder = Path(data_dir) / "embeddings"
-    if not folder.is_dir() or not dataset_hash:
-        return None
-    if model_hash and options_hash:
-        exact = target_cache_path(data_dir, dataset_hash, model_hash, method, options_hash)
-        if exact.is_file() and exact.with_suffix(".json").is_file():
-            try:
-                found = EmbeddingResult.load(exact)
-                if found.method == method and found.dataset_hash == dataset_hash:
-                    return found
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-    candidates = []
-    for meta_path in folder.glob("*.json"):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(meta, dict) or meta.get("method") != method:
-            continue
-        if str(meta.get("dataset_hash", "")).lower() != dataset_hash.lower():
-            continue
-        if model_hash and meta.get("model_hash") != model_hash:
-            continue
-        if meta_path.with_suffix(".npz").is_file():
-            candidates.append((meta_path.stat().st_mtime, meta_path))
-    for _, meta_path in sorted(candidates, reverse=True):
-        try:
-            return EmbeddingResult.load(meta_path.with_suffix(".npz"))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
 def library_map(store: LibraryStore, method: str = "textemb", *, model_name: str | None = None,
                 target: dict[str, Any] | None = None, data_dir: str | Path | None = None) -> dict[str, Any]:
     """Points for every library task with vectors for `method`, and the projected target when found.
@@ -218,10 +179,10 @@ def library_map(store: LibraryStore, method: str = "textemb", *, model_name: str
     """
     tasks = {t.id: t for t in store.list_tasks()}
     vectors = library_vectors(store, method, model_name)
-    basis = _BASIS[method]
+    basis = _basis(method)
     answer: dict[str, Any] = {
         "method": method, "basis": basis, "model_name": None, "components": [],
-        "caption": _CAPTIONS[method].format(n=0), "explained_variance": [0.0, 0.0],
+        "caption": _caption(method).format(n=0), "explained_variance": [0.0, 0.0],
         "points": [], "missing": sorted(t.name for t in tasks.values()), "target": None, "target_note": None,
     }
     if vectors is None:
@@ -239,7 +200,7 @@ def library_map(store: LibraryStore, method: str = "textemb", *, model_name: str
                        "num_train": task.num_train, "x": float(x), "y": float(y)})
     on_map = {p["id"] for p in points}
     answer.update(model_name=vectors.model_name, components=vectors.components,
-                  caption=_CAPTIONS[method].format(n=len(vectors.components)),
+                  caption=_caption(method).format(n=len(vectors.components)),
                   explained_variance=[round(float(v), 4) for v in projection.explained], points=points,
                   missing=sorted(t.name for t in tasks.values() if t.id not in on_map))
     if target is not None:

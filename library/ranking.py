@@ -1,4 +1,7 @@
-"""Rank the library's source tasks for a target by embedding similarity (Vu et al. 2020).
+"""Rank the library's source tasks for a target: the search under every registered ranking method.
+
+The methods themselves live in `library.methods` (one module each, one registry); this module owns
+what they share: the eligible sources, the per-embedding FAISS search, and the result types.
 
 TextEmb and SEmb rank by the (library-centred, by default) cosine similarity of one vector. TaskEmb has one vector per Fisher
 component; each component ranks the sources and the rankings are fused with reciprocal rank fusion
@@ -8,20 +11,15 @@ SEmb and fused TaskEmb rankings the same way.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from embeddings.result import EmbeddingResult
 from library.errors import LibraryError
-from library.index import IndexKind, LibraryIndexes, Similarity
+from library.index import DEFAULT_SIMILARITY, IndexKind, LibraryIndexes, Similarity
+from library.methods import RANKING_METHODS, Entry, RankContext, TargetRows, assign_ranks, rrf
 from library.store import LibraryStore, SourceTask
-
-RRF_K = 60
-SINGLE_METHODS = ("textemb", "semb")
-RANK_METHODS = ("textemb", "semb", "taskemb", "ensemble")
-ENSEMBLE_PARTS = ("textemb", "semb", "taskemb")
 
 
 @dataclass(frozen=True)
@@ -56,49 +54,6 @@ class Ranking:
         return asdict(self)
 
 
-@dataclass
-class _Entry:
-    """One source's place in one ranking (a component, a method, or a fusion)."""
-
-    task: SourceTask
-    score: float
-    similarity: float
-    rank: int = 0
-    details: dict[str, dict[str, float | int]] = field(default_factory=dict)
-
-
-def _assign_ranks(entries: list[_Entry]) -> list[_Entry]:
-    """Best score first; equal scores are ordered by name, so the output is deterministic."""
-    entries.sort(key=lambda e: (-e.score, e.task.name))
-    for rank, entry in enumerate(entries, start=1):
-        entry.rank = rank
-    return entries
-
-
-def rrf(rankings: dict[str, list[_Entry]], k: int = RRF_K) -> list[_Entry]:
-    """Reciprocal rank fusion: score = sum over rankings of 1 / (k + rank), rank 1-based.
-
-    `math.fsum` makes the sum exact-then-rounded, so equal rank multisets tie exactly and the
-    name tie-break applies. `similarity` of the fused entry is the mean of the parts'.
-    """
-    by_id: dict[int, list[tuple[str, _Entry]]] = {}
-    for part, entries in rankings.items():
-        for e in entries:
-            by_id.setdefault(e.task.id, []).append((part, e))
-    fused = []
-    for parts in by_id.values():
-        task = parts[0][1].task
-        fused.append(
-            _Entry(
-                task=task,
-                score=math.fsum(1.0 / (k + e.rank) for _, e in parts),
-                similarity=math.fsum(e.similarity for _, e in parts) / len(parts),
-                details={part: {"rank": e.rank, "similarity": e.similarity} for part, e in sorted(parts)},
-            )
-        )
-    return _assign_ranks(fused)
-
-
 class SourceLibrary:
     """The ranking entry point: a store plus its (lazily rebuilt) FAISS indexes."""
 
@@ -107,7 +62,7 @@ class SourceLibrary:
         store: LibraryStore,
         index_dir: str | Path,
         kind: IndexKind = "flat",
-        similarity: Similarity = "centred",
+        similarity: Similarity = DEFAULT_SIMILARITY,
         **index_kwargs: Any,
     ):
         self.store = store
@@ -120,6 +75,7 @@ class SourceLibrary:
         top_k: int = 10,
         all_class: bool = False,
         exclude_hash: str | None = None,
+        rows: TargetRows | None = None,
     ) -> Ranking:
         """Rank sources for the target embedded under `targets[method]` (ensemble: all three methods).
 
@@ -127,19 +83,18 @@ class SourceLibrary:
         whose data_hash is the target's dataset_hash, or `exclude_hash`). All matching sources are
         ranked, then fused, then cut to `top_k`.
         """
-        if method not in RANK_METHODS:
-            raise LibraryError(
-                f"unknown ranking method {method!r}; expected one of {', '.join(RANK_METHODS)}"
-            )
+        spec = RANKING_METHODS.get(method)
         if top_k < 1:
             raise LibraryError("top_k must be at least 1")
-        needed = ENSEMBLE_PARTS if method == "ensemble" else (method,)
+        if spec.needs_rows and rows is None:
+            raise LibraryError(f"ranking by {method} needs the target's labelled rows, not only its embeddings")
+        needed = spec.needs
         missing = [m for m in needed if m not in targets]
         if missing:
-            if method == "ensemble":
-                what = "the ensemble needs the target embedded with textemb, semb and taskemb"
+            if len(needed) > 1:
+                what = f"the {method} needs the target embedded with {', '.join(needed)}"
             else:
-                what = f"ranking by {method} needs the target's {method} embedding"
+                what = f"ranking by {method} needs the target's {needed[0]} embedding"
             raise LibraryError(f"{what}; missing: {', '.join(missing)}")
         parts = {m: targets[m] for m in needed}
         for m, result in parts.items():
@@ -155,11 +110,17 @@ class SourceLibrary:
             if (all_class or t.task_type == target.task_type) and t.data_hash not in excluded
         }
 
-        per_method = {m: self._rank_method(result, eligible) for m, result in parts.items()}
-        if method == "ensemble":
-            entries = rrf({m: per_method[m] for m in ENSEMBLE_PARTS})
-        else:
-            entries = per_method[method]
+        per_embedding: dict[str, list[Entry]] = {}
+
+        def by_embedding(part: str) -> list[Entry]:
+            """Each embedding's ranking once per request, however many times a method asks for it."""
+            if part not in per_embedding:
+                if part not in parts:
+                    raise LibraryError(f"the {method} method asked for {part!r}, which it does not list in needs")
+                per_embedding[part] = self._rank_method(parts[part], eligible)
+            return [replace(e, details=dict(e.details)) for e in per_embedding[part]]
+
+        entries = spec.rank(RankContext(targets=parts, eligible=eligible, by_embedding=by_embedding, rows=rows))
 
         sources = [
             RankedSource(
@@ -191,9 +152,9 @@ class SourceLibrary:
                 )
         return RankingTarget(name=first.dataset_name, hash=first.dataset_hash, task_type=first.task_type)
 
-    def _rank_method(self, result: EmbeddingResult, eligible: dict[int, SourceTask]) -> list[_Entry]:
-        """One method's ranking: a single component as is, TaskEmb's components fused by RRF."""
-        if result.method in SINGLE_METHODS:
+    def _rank_method(self, result: EmbeddingResult, eligible: dict[int, SourceTask]) -> list[Entry]:
+        """One embedding's ranking: a single vector as is, TaskEmb's components fused by RRF."""
+        if result.method != "taskemb":
             if len(result.vectors) != 1:
                 raise LibraryError(
                     f"a {result.method} target must have exactly one vector, got {result.components}"
@@ -232,15 +193,15 @@ class SourceLibrary:
 
     def _rank_component(
         self, result: EmbeddingResult, component: str, eligible: dict[int, SourceTask]
-    ) -> list[_Entry]:
+    ) -> list[Entry]:
         vector = result.vectors[component]
         index = self.indexes.for_target(
             result.model_name, result.model_hash, result.method, component, int(vector.shape[0])
         )
         ids, sims = index.search(vector, index.ntotal)  # exact ranking over the whole (small) library
         entries = [
-            _Entry(task=eligible[i], score=float(s), similarity=float(s))
+            Entry(task=eligible[i], score=float(s), similarity=float(s))
             for i, s in zip(ids.tolist(), sims.tolist(), strict=True)
             if i in eligible
         ]
-        return _assign_ranks(entries)
+        return assign_ranks(entries)

@@ -1,13 +1,14 @@
-"""A small facade over the library for the CLI (and later the web service).
+"""The library as the CLI, the worker and the web service use it.
 
 `LibraryService` opens the store and its indexes from settings, imports the shipped default library
-into an empty store on first use, loads the encoder lazily, and evaluates rankings against a
-transfer table using the stored embeddings of the table's targets.
+into an empty store on first use, loads the encoder lazily, ranks a dataset through the one ranking
+pipeline (`library.pipeline.rank_target`, with the target-embedding cache under the data directory)
+and evaluates rankings against a transfer table using the stored embeddings of the table's targets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,16 @@ from embeddings.data import Dataset
 from embeddings.encoders import Encoder
 from embeddings.options import ProgressFn, no_progress
 from embeddings.result import EmbeddingResult
-from library.build import rank_dataset
 from library.bundle import ImportReport, ensure_default_library
 from library.errors import LibraryError
 from library.evaluation import TransferTable, evaluate
-from library.ranking import ENSEMBLE_PARTS, RANK_METHODS, Ranking, SourceLibrary
+from library.index import DEFAULT_SIMILARITY, IndexKind, Similarity
+from library.methods import DEFAULT_METHOD, RANKING_METHODS
+from library.pipeline import rank_target
+from library.ranking import Ranking, SourceLibrary
+from library.settings import Settings
 from library.store import LibraryStore, SourceTask
+from library.target_cache import TargetEmbeddingCache
 
 
 @dataclass
@@ -31,27 +36,32 @@ class LibraryService:
     model: str = "default"
     device: str = "auto"
     token_budget: int = 0
-    index_kind: str = "flat"
+    index_kind: IndexKind = "flat"
     hnsw_ef_search: int = 512
-    similarity: str = "centred"
+    similarity: Similarity = DEFAULT_SIMILARITY
+    cache_dir: Path | None = None  # the target-embedding cache; None: embed every time
+    checkpoint_dirs: tuple[Path, ...] = ()  # fine-tuned source encoders (exact LogME)
     default_import: ImportReport | None = None
     _library: SourceLibrary | None = field(default=None, repr=False)
     _encoder: Encoder | None = field(default=None, repr=False)
+    _cache: TargetEmbeddingCache | None = field(default=None, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Any, ensure_default: bool = True) -> LibraryService:
-        """Store at `settings.resolved_database_url`, indexes under `settings.data_dir / "indexes"`."""
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    def from_settings(cls, settings: Settings, ensure_default: bool = True) -> LibraryService:
+        """Store at `settings.resolved_database_url`, indexes and caches under `settings.data_dir`."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = LibraryStore(settings.resolved_database_url)
         service = cls(
             store=store,
-            index_dir=Path(settings.data_dir) / "indexes",
+            index_dir=settings.paths.indexes,
             model=settings.model,
             device=settings.device,
             token_budget=settings.max_tokens_per_batch,
-            index_kind=getattr(settings, "index_kind", "flat"),
-            hnsw_ef_search=getattr(settings, "hnsw_ef_search", 512),
-            similarity=getattr(settings, "similarity", "centred"),
+            index_kind=settings.index_kind,
+            hnsw_ef_search=settings.hnsw_ef_search,
+            similarity=settings.similarity,
+            cache_dir=settings.paths.embeddings,
+            checkpoint_dirs=(settings.paths.checkpoints,),
         )
         if ensure_default:
             service.default_import = ensure_default_library(store)
@@ -71,7 +81,7 @@ class LibraryService:
         if self._library is None:
             extra = {"ef_search": self.hnsw_ef_search} if self.index_kind == "hnsw" else {}
             self._library = SourceLibrary(
-                self.store, self.index_dir, kind=self.index_kind, similarity=self.similarity, **extra  # type: ignore[arg-type]
+                self.store, self.index_dir, kind=self.index_kind, similarity=self.similarity, **extra
             )
         return self._library
 
@@ -86,17 +96,24 @@ class LibraryService:
     def rank(
         self,
         dataset: Dataset,
-        method: str = "ensemble",
+        method: str = DEFAULT_METHOD,
         top_k: int = 10,
         all_class: bool = False,
         on_progress: ProgressFn = no_progress,
+        on_stage: Callable[[str], None] | None = None,
     ) -> Ranking:
-        return rank_dataset(
-            dataset, self.library, self.encoder, method, top_k, all_class, on_progress, self.token_budget
-        )
+        return rank_target(dataset, self.library, self.encoder, method, top_k, all_class, on_progress,
+                           self.token_budget, cache=self.cache, on_stage=on_stage,
+                           checkpoint_dirs=self.checkpoint_dirs)
+
+    @property
+    def cache(self) -> TargetEmbeddingCache | None:
+        if self._cache is None and self.cache_dir is not None:
+            self._cache = TargetEmbeddingCache(self.cache_dir)
+        return self._cache
 
     def evaluate(
-        self, table: TransferTable, methods: Sequence[str] = RANK_METHODS, **kwargs: Any
+        self, table: TransferTable, methods: Sequence[str] | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         return evaluate_transfer_table(self.library, table, methods, **kwargs)
 
@@ -130,7 +147,7 @@ def stored_targets(store: LibraryStore, task: SourceTask) -> dict[str, Embedding
 def evaluate_transfer_table(
     library: SourceLibrary,
     table: TransferTable,
-    methods: Sequence[str] = RANK_METHODS,
+    methods: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Rank, for every target of the table, the sources measured for it, with each method; then score.
@@ -140,6 +157,7 @@ def evaluate_transfer_table(
     sources that are not in the library count as ranked last (see `library.evaluation`); they are
     listed under "missing_sources". Adds the random and DataSize (num_train) baselines.
     """
+    methods = list(methods) if methods is not None else list(RANKING_METHODS.names())
     store = library.store
     tasks = {t.name: t for t in store.list_tasks()}
     unknown = [t for t in table.targets() if t not in tasks]
@@ -153,7 +171,7 @@ def evaluate_transfer_table(
     for target in table.targets():
         stored = stored_targets(store, tasks[target])
         for method in methods:
-            needed = ENSEMBLE_PARTS if method == "ensemble" else (method,)
+            needed = RANKING_METHODS.get(method).needs
             if any(m not in stored for m in needed):
                 raise LibraryError(f"library task {target!r} has no {', '.join(needed)} embeddings")
             ranking = library.rank(

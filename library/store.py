@@ -38,11 +38,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from embeddings.registry import EMBEDDING_METHODS as EMBEDDING_METHOD_SPECS
 from embeddings.result import EmbeddingResult
+from embeddings.task_types import TASK_TYPE_NAMES
 from library.errors import LibraryError
 
-TASK_TYPES = ("classification", "regression", "question_answering", "sequence_labeling")
-EMBEDDING_METHODS = ("textemb", "semb", "taskemb")
+TASK_TYPES = TASK_TYPE_NAMES
+EMBEDDING_METHODS = tuple(EMBEDDING_METHOD_SPECS)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _JSON = JSON().with_variant(JSONB(), "postgresql")
 
@@ -91,6 +93,30 @@ class TaskEmbeddingRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
+class SourceMapRow(Base):
+    """A per-source linear map between embedding spaces (`kind` "esm": the base encoder's pooled
+    embeddings to those of the encoder fine-tuned on the source; Schulte et al. 2024). fp16 weights."""
+
+    __tablename__ = "source_maps"
+    __table_args__ = (
+        UniqueConstraint("source_task_id", "kind", "model_hash"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_task_id: Mapped[int] = mapped_column(ForeignKey("source_tasks.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    model_name: Mapped[str] = mapped_column(String(300))
+    model_hash: Mapped[str] = mapped_column(String(128))
+    checkpoint: Mapped[str] = mapped_column(String(200))  # the fine-tuned source encoder's cache file name
+    dim_in: Mapped[int] = mapped_column(Integer)
+    dim_out: Mapped[int] = mapped_column(Integer)
+    weight: Mapped[bytes] = mapped_column(LargeBinary)  # fp16 (dim_out, dim_in), little-endian
+    bias: Mapped[bytes] = mapped_column(LargeBinary)  # fp16 (dim_out,)
+    info: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)  # r2_heldout, rows, ridge, ...
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+
+
 class LibraryMetaRow(Base):
     """Single row: a random library id (guards against a recreated database) and a revision counter."""
 
@@ -122,6 +148,21 @@ class StoredEmbedding:
     component: str
     vector: np.ndarray  # float32
     options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredMap:
+    """One source's map as stored: fp16 weights widened to float32."""
+
+    task_id: int
+    task_name: str
+    kind: str
+    model_name: str
+    model_hash: str
+    checkpoint: str
+    weight: np.ndarray  # float32 (dim_out, dim_in)
+    bias: np.ndarray  # float32 (dim_out,)
+    info: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -503,6 +544,42 @@ class LibraryStore:
                 )
                 for r in rows
             ]
+
+    # -- per-source maps (ESMs) ----------------------------------------------------------------
+
+    def put_source_map(self, task_id: int, kind: str, model_name: str, model_hash: str, checkpoint: str,
+                       weight: np.ndarray, bias: np.ndarray, info: dict[str, Any]) -> None:
+        """Store (or replace) a source's map; a ranking that uses maps sees a new library version."""
+        w = np.asarray(weight, dtype=np.float32)
+        b = np.asarray(bias, dtype=np.float32)
+        if w.ndim != 2 or b.shape != (w.shape[0],) or not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+            raise LibraryError(f"a {kind} map needs a finite (d_out, d_in) weight and (d_out,) bias")
+        with self._write() as (session, _):
+            if session.get(SourceTaskRow, task_id) is None:
+                raise LibraryError(f"no source task with id {task_id}")
+            session.execute(delete(SourceMapRow).where(SourceMapRow.source_task_id == task_id,
+                                                       SourceMapRow.kind == kind,
+                                                       SourceMapRow.model_hash == model_hash))
+            session.add(SourceMapRow(source_task_id=task_id, kind=kind, model_name=model_name,
+                                     model_hash=model_hash, checkpoint=checkpoint, dim_in=int(w.shape[1]),
+                                     dim_out=int(w.shape[0]), weight=w.astype("<f2").tobytes(),
+                                     bias=b.astype("<f2").tobytes(), info=dict(info)))
+
+    def source_maps(self, kind: str, model_hash: str | None = None) -> list[StoredMap]:
+        """Every source's map of `kind` (for one model when given), ordered by task id."""
+        with self._sessions() as session:
+            query = (select(SourceMapRow, SourceTaskRow.name)
+                     .join(SourceTaskRow, SourceTaskRow.id == SourceMapRow.source_task_id)
+                     .where(SourceMapRow.kind == kind).order_by(SourceMapRow.source_task_id))
+            if model_hash is not None:
+                query = query.where(SourceMapRow.model_hash == model_hash)
+            return [StoredMap(task_id=row.source_task_id, task_name=name, kind=row.kind, model_name=row.model_name,
+                              model_hash=row.model_hash, checkpoint=row.checkpoint,
+                              weight=np.frombuffer(row.weight, dtype="<f2").astype(np.float32)
+                              .reshape(row.dim_out, row.dim_in),
+                              bias=np.frombuffer(row.bias, dtype="<f2").astype(np.float32),
+                              info=dict(row.info or {}))
+                    for row, name in session.execute(query).all()]
 
     # -- build log -----------------------------------------------------------------------------
 

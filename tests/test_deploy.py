@@ -30,9 +30,9 @@ def test_compose_file_validates_with_required_variables():
     result = compose_config({"POSTGRES_PASSWORD": "secret"})
     assert result.returncode == 0, result.stderr
     config = result.stdout
-    for service in ("api:", "worker:", "redis:", "postgres:"):
+    for service in ("api:", "worker-embed:", "worker-train:", "redis:", "postgres:"):
         assert service in config
-    assert config.count("healthcheck:") >= 4
+    assert config.count("healthcheck:") >= 5
     assert "redis://redis:6379/0" in config and "postgresql://taskrank:secret@postgres:5432/taskrank" in config
 
 
@@ -46,3 +46,13 @@ def test_compose_refuses_a_missing_database_password():
 def test_dockerfile_runs_the_service_with_a_healthcheck():
     text = (REPO / "Dockerfile").read_text()
     assert "HEALTHCHECK" in text and '"taskrank", "serve"' in text and "USER taskrank" in text
+
+
+def test_each_queue_has_its_own_worker_service():
+    """A ranking (`embed`) never waits behind a fine-tuning (`train`): no worker consumes both queues."""
+    import yaml
+
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    queues = [service["command"][service["command"].index("--queues") + 1]
+              for service in services.values() if "worker" in (service.get("command") or [])]
+    assert sorted(queues) == ["embed", "train"]

@@ -5,13 +5,9 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from app.settings import Settings, get_settings
+from library.settings import Settings, get_settings
 from worker.embedded_broker import broker_url
-
-TASK_NAMES = {"rank": "taskrank.embed.rank", "add_source": "taskrank.embed.add_source",
-              "transfer": "taskrank.train.transfer"}
-EMBED_QUEUE = "embed"
-TRAIN_QUEUE = "train"
+from worker.job_kinds import EMBED_QUEUE, QUEUES, TASK_NAMES, TRAIN_QUEUE  # noqa: E402,F401 - re-exported
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -30,9 +26,8 @@ def make_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.job_soft_time_limit,
         task_time_limit=settings.job_time_limit,
         task_default_queue=EMBED_QUEUE,
-        task_queues=(Queue(EMBED_QUEUE), Queue(TRAIN_QUEUE)),
-        task_routes={"taskrank.train.*": {"queue": TRAIN_QUEUE},
-                     "taskrank.train.transfer": {"queue": TRAIN_QUEUE}},
+        task_queues=tuple(Queue(q) for q in QUEUES),
+        task_routes={f"taskrank.{q}.*": {"queue": q} for q in QUEUES},
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

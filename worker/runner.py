@@ -7,23 +7,25 @@ its output under keys derived from content hashes, and marks success last. A red
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from app.settings import Settings
+from pydantic import BaseModel, ValidationError
+
 from embeddings.data import Dataset, DatasetError, LoadLimits, load_dataset
-from embeddings.result import EmbeddingResult
-from library.build import BuildOptions, add_source, check_encoder, embed_target, library_options, methods_for
+from library.build import add_source, library_options
 from library.errors import LibraryError
 from library.jobs import JobStore, StoredDataset
 from library.service import LibraryService
+from library.settings import Settings
+from worker.payloads import AddSourcePayload, RankPayload, TransferPayload, TransferRunOptions
+
+P = TypeVar("P", bound=BaseModel)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class JobProgress:
 
 def dataset_path(settings: Settings, record: StoredDataset) -> Path:
     """Content-addressed: the file's sha256 names it; the client's filename is never a path."""
-    return settings.data_dir / "datasets" / f"{record.file_sha256}.{record.file_ext}"
+    return settings.paths.datasets / f"{record.file_sha256}.{record.file_ext}"
 
 
 def load_stored_dataset(settings: Settings, record: StoredDataset) -> Dataset:
@@ -68,43 +70,14 @@ def load_stored_dataset(settings: Settings, record: StoredDataset) -> Dataset:
     return dataset
 
 
-def _embedding_cache(settings: Settings, dataset: Dataset, model_hash: str, method: str,
-                     options: BuildOptions) -> Path:
-    key = hashlib.sha256(json.dumps([dataset.content_hash, model_hash, method, options.options_hash]).encode())
-    return settings.data_dir / "embeddings" / f"{key.hexdigest()[:32]}.npz"
-
-
-def target_embeddings(settings: Settings, service: LibraryService, dataset: Dataset, method: str,
-                      on_progress: JobProgress) -> dict[str, EmbeddingResult]:
-    """The target's embeddings with the library's options, computed once per (data, model, method)."""
-    options = library_options(service.store)
-    if options is None:
-        raise LibraryError("the library is empty: build or import one first")
-    encoder = service.encoder
-    check_encoder(service.store, encoder)
-    options = options.with_token_budget(encoder.token_budget(settings.max_tokens_per_batch))
-    found: dict[str, EmbeddingResult] = {}
-    missing: list[str] = []
-    for part in methods_for(method):
-        path = _embedding_cache(settings, dataset, encoder.weights_hash, part, options)
-        if path.is_file() and path.with_suffix(".json").is_file():
-            found[part] = EmbeddingResult.load(path)
-        else:
-            missing.append(part)
-    if missing:
-        on_progress.stage = f"embedding ({', '.join(missing)})"
-        computed = embed_target(dataset, encoder, missing, options, on_progress)
-        for part, result in computed.items():
-            result.save(_embedding_cache(settings, dataset, encoder.weights_hash, part, options))
-            found[part] = result
-    return {part: found[part] for part in methods_for(method)}
-
-
 def run_rank(job_id: str, store: JobStore, service: LibraryService, settings: Settings) -> None:
     job = store.start_job(job_id, settings.job_stale_after)
     if job is None:
         return  # finished, cancelled or deleted: a redelivered message stops here
-    ranking = store.get_ranking(job.params["ranking_id"])
+    payload = _payload(store, job_id, RankPayload, job.params)
+    if payload is None:
+        return
+    ranking = store.get_ranking(payload.ranking_id) if payload.ranking_id else None
     if ranking is not None and ranking.result is not None:
         store.succeed_job(job_id, {"ranking_id": ranking.id})
         return
@@ -114,14 +87,15 @@ def run_rank(job_id: str, store: JobStore, service: LibraryService, settings: Se
         if record is None:
             raise LibraryError(f"dataset {job.dataset_id} was deleted")
         dataset = load_stored_dataset(settings, record)
-        targets = target_embeddings(settings, service, dataset, job.params["method"], progress)
-        progress.stage = "ranking"
-        result = service.library.rank(targets, job.params["method"], top_k=job.params["top_k"],
-                                      all_class=job.params["all_class"], exclude_hash=dataset.content_hash)
-        payload = result.to_dict()
-        payload["dataset_id"] = record.id
+
+        def stage(name: str) -> None:
+            progress.stage = name
+
+        result = service.rank(dataset, payload.method, payload.top_k, payload.all_class, progress, on_stage=stage)
+        answer = result.to_dict()
+        answer["dataset_id"] = record.id
         if ranking is not None:
-            store.set_ranking_result(ranking.id, payload)
+            store.set_ranking_result(ranking.id, answer)
         store.succeed_job(job_id, {"ranking_id": ranking.id if ranking else None})
 
 
@@ -129,12 +103,15 @@ def run_add_source(job_id: str, store: JobStore, service: LibraryService, settin
     job = store.start_job(job_id, settings.job_stale_after)
     if job is None:
         return
+    payload = _payload(store, job_id, AddSourcePayload, job.params)
+    if payload is None:
+        return
     progress = JobProgress(store, job_id, stage="embedding source")
     with _outcome(store, job_id):
         record = store.get_dataset(job.dataset_id or "")
         if record is None:
             raise LibraryError(f"dataset {job.dataset_id} was deleted")
-        name = job.params["name"]
+        name = payload.name
         existing = service.store.get_task(name)
         if existing is not None and existing.data_hash == record.content_hash:
             store.succeed_job(job_id, {"task_id": existing.id, "name": existing.name})  # redelivered
@@ -146,7 +123,7 @@ def run_add_source(job_id: str, store: JobStore, service: LibraryService, settin
         encoder = service.encoder
         options = options.with_token_budget(encoder.token_budget(settings.max_tokens_per_batch))
         task, report = add_source(service.store, dataset, encoder, options, name=name,
-                                  description=job.params.get("description", ""),
+                                  description=payload.description,
                                   provenance={"source": f"upload {record.id} ({record.filename})"},
                                   on_progress=progress)
         store.succeed_job(job_id, {"task_id": task.id, "name": task.name, "seconds": report.seconds})
@@ -163,22 +140,23 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
     import math
     import random
     import shutil
-    import statistics
     from dataclasses import replace
 
     from embeddings.data import TaskType
-    from embeddings.finetune import FinetuneOptions, fine_tune
-    from embeddings.transfer import TransferOptions, source_checkpoint_key, source_encoder_state
+    from embeddings.finetune import fine_tune
+    from embeddings.transfer import source_checkpoint_path, source_encoder_state
 
     job = store.start_job(job_id, settings.job_stale_after)
     if job is None:
         return
+    params = _payload(store, job_id, TransferPayload, job.params)
+    if params is None:
+        return
     progress = JobProgress(store, job_id, stage="loading data")
     with _outcome(store, job_id):
-        params = job.params
-        batch = store.get_transfer_batch(params["batch_id"])
+        batch = store.get_transfer_batch(params.batch_id or "")
         if batch is None:
-            raise LibraryError(f"transfer batch {params['batch_id']} was deleted")
+            raise LibraryError(f"transfer batch {params.batch_id} was deleted")
 
         def stored(dataset_id: str, what: str) -> Dataset:
             record = store.get_dataset(dataset_id)
@@ -186,13 +164,8 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
                 raise LibraryError(f"the {what} dataset {dataset_id} was deleted")
             return load_stored_dataset(settings, record)
 
-        opts = batch.options
-        base = FinetuneOptions(epochs=opts["epochs"], learning_rate=opts["learning_rate"],
-                               batch_size=opts["batch_size"], max_length=opts["max_length"])
-        source_options = replace(base, epochs=opts.get("source_epochs") or base.epochs)
-        options = TransferOptions(target=base, source=source_options,
-                                  seeds=tuple(params["seeds"]), source_max_rows=opts["source_max_rows"],
-                                  target_max_rows=opts["target_max_rows"], data_seed=opts["data_seed"])
+        opts = TransferRunOptions.model_validate(batch.options)
+        options = opts.transfer(params.seeds)
         target = stored(batch.target_dataset_id, "target")
         if batch.dev_dataset_id:
             train, dev = target, stored(batch.dev_dataset_id, "dev")
@@ -213,13 +186,13 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
             dev = Dataset(target.name, target.task_type, [target.examples[i] for i in sorted(held)],
                           list(target.labels), target.source)
         train = train.subsample(options.target_max_rows, options.data_seed)
-        dev = dev.subsample(opts["dev_max_rows"], options.data_seed)
+        dev = dev.subsample(opts.dev_max_rows, options.data_seed)
         encoder = service.encoder
-        if params["role"] == "combined":
-            _run_multi_source(job_id, store, settings, batch.id, params, opts, base, train, dev, encoder, progress)
+        if params.role == "combined":
+            _run_multi_source(job_id, store, settings, batch.id, params, opts, train, dev, encoder, progress)
             return
         seeds = list(options.seeds)
-        is_source = params["role"] == "source"
+        is_source = params.role == "source"
         phases, scale = len(seeds) + int(is_source), 1000
 
         def phase(index: int, stage: str) -> Any:
@@ -232,19 +205,24 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
         phase(0, "loading data")(0, 1)
         initial_state, extra = None, {}
         if is_source:
-            if params.get("source_dataset_id"):
-                source = stored(params["source_dataset_id"], "source")
+            source_dev = None
+            if params.source_dataset_id:
+                source = stored(params.source_dataset_id, "source")
             else:  # an operator's task folder: trusted, so no upload row cap
                 limits = LoadLimits(max_rows=10**9, max_text_chars=settings.max_text_chars)
-                source = load_dataset(Path(params["source_path"]), limits=limits)
-            cache = settings.data_dir / "checkpoints"
-            reused = (cache / f"source-{source_checkpoint_key(source, encoder, options)}.safetensors").is_file()
-            on_source = phase(0, f"fine-tuning on {params['source_name']}")
-            initial_state, path = source_encoder_state(source, encoder, options, cache, on_progress=on_source)
+                folder = Path(params.source_path or "")
+                source = load_dataset(folder, limits=limits)
+                if opts.practitioner_sources and (folder / "dev.jsonl").is_file():
+                    source_dev = load_dataset(folder, split="dev", limits=limits)  # early stopping, as the matrix
+            cache = settings.paths.checkpoints
+            reused = source_checkpoint_path(source, encoder, options, cache, source_dev).is_file()
+            on_source = phase(0, f"fine-tuning on {params.source_name}")
+            initial_state, path = source_encoder_state(source, encoder, options, cache, on_progress=on_source,
+                                                       dev=source_dev)
             extra = {"source_checkpoint": path.name, "checkpoint_reused": reused,
                      "source_rows": min(len(source), options.source_max_rows),
                      "source_task_type": source.task_type.value}
-        run_dir = settings.data_dir / "transfer_runs" / job_id
+        run_dir = settings.paths.transfer_runs / job_id
         runs = []
         for i, seed in enumerate(seeds):
             on_target = phase(int(is_source) + i, f"target, seed {seed} ({i + 1}/{len(seeds)})")
@@ -257,7 +235,7 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
         shutil.rmtree(run_dir, ignore_errors=True)
         scores = [float(r["score"]) for r in runs]
         store.succeed_job(job_id, {
-            "batch_id": batch.id, "role": params["role"], "source": params.get("source"),
+            "batch_id": batch.id, "role": params.role, "source": params.source,
             "main_metric": runs[0]["main_metric"], "scores": scores, "mean": statistics.fmean(scores),
             "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "train_rows": len(train),
             "dev_rows": len(dev), **extra,
@@ -265,48 +243,37 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
                      for r in runs]})
 
 
-def _run_multi_source(job_id: str, store: JobStore, settings: Settings, batch_id: str, params: dict[str, Any],
-                      opts: dict[str, Any], base: Any, train: Dataset, dev: Dataset, encoder: Any,
+def _run_multi_source(job_id: str, store: JobStore, settings: Settings, batch_id: str, params: TransferPayload,
+                      opts: TransferRunOptions, train: Dataset, dev: Dataset, encoder: Any,
                       progress: JobProgress) -> None:
     """The one job of a multi-source method: stage-1 adapters (cached in data_dir/checkpoints, like source
     encoders) or CA-MTL's joint training, then the target, for every seed (embeddings/multisource.py)."""
     import shutil
-    from dataclasses import replace
 
-    from embeddings.camtl import CamtlOptions
-    from embeddings.multisource import MultiSourceOptions, multi_source_transfer
-    from embeddings.source_adapters import AdapterOptions
+    from embeddings.multisource import multi_source_transfer
 
     progress.stage = "loading sources"
     sources = []
-    for entry in params["sources"]:
-        if entry.get("source_dataset_id"):
-            record = store.get_dataset(entry["source_dataset_id"])
+    for entry in params.sources:
+        if entry.source_dataset_id:
+            record = store.get_dataset(entry.source_dataset_id)
             if record is None:
-                raise LibraryError(f"the source dataset {entry['source_dataset_id']} was deleted")
+                raise LibraryError(f"the source dataset {entry.source_dataset_id} was deleted")
             sources.append(load_stored_dataset(settings, record))
         else:  # an operator's task folder: trusted, so no upload row cap
             limits = LoadLimits(max_rows=10**9, max_text_chars=settings.max_text_chars)
-            sources.append(load_dataset(Path(entry["source_path"]), limits=limits))
-    adapter_train = replace(base, epochs=opts.get("source_epochs") or base.epochs,
-                            learning_rate=opts.get("adapter_learning_rate") or 5e-4)
-    options = MultiSourceOptions(
-        method=params["method"], target=base, combination_learning_rate=opts.get("combination_learning_rate"),
-        adapter=AdapterOptions(train=adapter_train), seeds=tuple(params["seeds"]),
-        source_max_rows=opts["source_max_rows"], target_max_rows=opts["target_max_rows"],
-        data_seed=opts["data_seed"],
-        camtl=CamtlOptions(freeze_encoder_layers=opts.get("freeze_encoder_layers"),
-                           sampling=opts.get("task_sampling") or "uncertainty"))
-    scores = [entry.get("score") for entry in params["sources"]]
-    run_dir = settings.data_dir / "transfer_runs" / job_id
+            sources.append(load_dataset(Path(entry.source_path or ""), limits=limits))
+    options = opts.multi_source(params.method or "", params.seeds)
+    scores = [entry.score for entry in params.sources]
+    run_dir = settings.paths.transfer_runs / job_id
 
     def on_stage(text: str) -> None:
         progress.stage = text
 
     report = multi_source_transfer(
-        train, dev, sources, encoder, options, cache_dir=settings.data_dir / "checkpoints",
+        train, dev, sources, encoder, options, cache_dir=settings.paths.checkpoints,
         source_scores=[float(s) for s in scores] if all(s is not None for s in scores) else None,
-        source_names=[entry["key"] for entry in params["sources"]], checkpoint_dir=run_dir,
+        source_names=[entry.key for entry in params.sources], checkpoint_dir=run_dir,
         on_progress=progress, on_stage=on_stage)
     shutil.rmtree(run_dir, ignore_errors=True)
     if not all(math.isfinite(v) for r in report.runs for v in r["metrics"].values()):
@@ -323,6 +290,17 @@ def _run_multi_source(job_id: str, store: JobStore, settings: Settings, batch_id
         "single_adapter_mean": statistics.fmean(singles) if singles else None, "seconds": report.seconds,
         "source_seconds": report.source_seconds, "adapters": report.adapters,
         "runs": [{k: r[k] for k in keep if k in r} for r in report.runs]})
+
+
+def _payload(store: JobStore, job_id: str, model: type[P], params: dict[str, Any]) -> P | None:
+    """The job's params as its payload; a malformed payload fails the job (never retried) with the field named."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "params"
+        store.fail_job(job_id, f"invalid {model.__name__} for job {job_id}: {where}: {first['msg']}")
+        return None
 
 
 class _outcome:

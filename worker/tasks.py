@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
+from typing import Any
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from app.settings import get_settings
 from library.jobs import JobStore
 from library.service import LibraryService
+from library.settings import get_settings
 from worker import runner
-from worker.celery_app import TASK_NAMES, celery_app
+from worker.celery_app import celery_app
+from worker.job_kinds import JOB_KINDS, TASK_NAMES, Handler, JobKind
 
 log = logging.getLogger(__name__)
 RETRY = {"autoretry_for": (ConnectionError, TimeoutError, runner.TransientJobError), "retry_backoff": True,
@@ -45,7 +47,7 @@ def library_service() -> LibraryService:
     return LibraryService.from_settings(get_settings())
 
 
-def _run(function, job_id: str) -> None:  # type: ignore[no-untyped-def]
+def _run(function: Handler, job_id: str) -> None:
     try:
         function(job_id, job_store(), library_service(), get_settings())
     except Exception as exc:
@@ -54,22 +56,18 @@ def _run(function, job_id: str) -> None:  # type: ignore[no-untyped-def]
         raise
 
 
-@celery_app.task(name="taskrank.embed.rank", **RETRY)
-def rank_task(job_id: str) -> None:
-    _run(runner.run_rank, job_id)
+def _register(kind: JobKind) -> Any:
+    """One Celery task per job kind: a thin wrapper handing the job id to the kind's handler."""
+
+    def task(job_id: str) -> None:
+        _run(kind.handler, job_id)
+
+    task.__name__ = task.__qualname__ = f"{kind.name}_task"
+    task.__doc__ = f"The {kind.name} job (queue {kind.queue})."
+    return celery_app.task(name=kind.task_name, **RETRY)(task)
 
 
-@celery_app.task(name="taskrank.embed.add_source", **RETRY)
-def add_source_task(job_id: str) -> None:
-    _run(runner.run_add_source, job_id)
-
-
-@celery_app.task(name="taskrank.train.transfer", **RETRY)
-def transfer_task(job_id: str) -> None:
-    """One job of a transfer batch (fine-tuning: the `train` queue)."""
-    _run(runner.run_transfer, job_id)
-
-
+TASKS = {name: _register(kind) for name, kind in JOB_KINDS.items()}
 
 
 def _heartbeat_loop(name: str, queues: str, interval: float = 10.0) -> None:

@@ -8,14 +8,22 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import ValidationError
 
-from app.deps import JobsDep, Reader, SettingsDep, Writer, visible
-from app.schemas import DatasetPublic, DatasetRows, ErrorResponse
+from app.deps import JobsDep, Reader, SettingsDep, Writer, visible_dataset
+from app.schemas import DatasetCheck, DatasetPublic, DatasetRows, ErrorResponse
 from app.uploads import StoredUpload, UploadTooLarge, display_name, error_detail, store_file, store_rows
 from embeddings.data import DatasetError
 from library.jobs import StoredDataset
 from worker.runner import dataset_path
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+def _rows_schema() -> dict[str, Any]:
+    """DatasetRows as an OpenAPI schema: its refs point at components (TaskType is one), not at `$defs`
+    (ReDoc refuses a document with a `#/$defs/...` ref)."""
+    schema = DatasetRows.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return schema
+
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -30,17 +38,14 @@ _UPLOAD_BODY = {
                                                              "question_answering", "sequence_labeling"]},
                     "column_map": {"type": "string", "description": "JSON object or text=col,label=col"},
                 }}},
-            "application/json": {"schema": DatasetRows.model_json_schema()},
+            "application/json": {"schema": _rows_schema()},
         },
     }
 }
 
 
 def public(record: StoredDataset) -> DatasetPublic:
-    return DatasetPublic(id=record.id, name=record.name, filename=record.filename, task_type=record.task_type,
-                         rows=record.rows, labels=record.labels, content_hash=record.content_hash,
-                         size_bytes=record.size_bytes, created_at=record.created_at,
-                         description=record.description)
+    return DatasetPublic.model_validate(record, from_attributes=True)
 
 
 def _column_map(text: str | None) -> dict[str, str] | None:
@@ -69,10 +74,42 @@ def _bad(message: str, **where: Any) -> HTTPException:
 
 
 @router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=_UPLOAD_BODY,
+             responses={200: {"model": DatasetPublic, "description": "The same content, name and owner were "
+                                                                    "uploaded before: that record"},
+                        413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
+                        422: {"model": ErrorResponse}})
+async def upload_dataset(request: Request, response: Response, settings: SettingsDep, jobs: JobsDep,
+                         owner: Writer) -> DatasetPublic:
+    """Upload a file (multipart field `file`) or post `{"rows": [...]}`; validated before anything is kept.
+
+    Uploading the same content with the same name (and owner) again answers 200 with the existing record."""
+    stored, filename, load_options = await _read_upload(request, settings, keep=True)
+    dataset = stored.dataset
+    existing = jobs.find_dataset(file_sha256=stored.file_sha256, content_hash=dataset.content_hash,
+                                 name=dataset.name[:200], task_type=dataset.task_type.value, owner=owner)
+    if existing is not None:
+        response.status_code = status.HTTP_200_OK
+        return public(existing)
+    try:
+        return public(_record(jobs, stored, filename, owner, load_options))
+    except Exception:
+        stored.discard()  # the database refused the record: keep no file without one
+        raise
+
+
+@router.post("/validate", response_model=DatasetCheck, openapi_extra=_UPLOAD_BODY,
              responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
                         422: {"model": ErrorResponse}})
-async def upload_dataset(request: Request, settings: SettingsDep, jobs: JobsDep, owner: Writer) -> DatasetPublic:
-    """Upload a file (multipart field `file`) or post `{"rows": [...]}`; validated before anything is kept."""
+async def validate_dataset(request: Request, settings: SettingsDep, owner: Writer) -> DatasetCheck:
+    """What `POST /datasets` would store, described, with nothing stored (the upload form checks a chosen
+    file with it and uploads only when the ranking starts)."""
+    stored, filename, _ = await _read_upload(request, settings, keep=False)
+    return DatasetCheck(**_summary(stored, filename))
+
+
+async def _read_upload(request: Request, settings: SettingsDep,
+                       keep: bool) -> tuple[StoredUpload, str | None, dict[str, Any]]:
+    """Read and validate the body (multipart file or JSON rows); keep=False leaves nothing on disk."""
     from starlette.concurrency import run_in_threadpool
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -87,9 +124,9 @@ async def upload_dataset(request: Request, settings: SettingsDep, jobs: JobsDep,
             column_map = _column_map(_text(form.get("column_map")))
             filename = upload.filename
             stored = await run_in_threadpool(store_file, upload.file, filename, settings, name=name,
-                                             task_type=task_type, column_map=column_map)
-            load_options = {"column_map": column_map} if column_map else {}
-        elif content_type == "application/json":
+                                             task_type=task_type, column_map=column_map, keep=keep)
+            return stored, filename, {"column_map": column_map} if column_map else {}
+        if content_type == "application/json":
             try:
                 body = DatasetRows.model_validate_json(await request.body())
             except ValidationError as exc:
@@ -97,37 +134,33 @@ async def upload_dataset(request: Request, settings: SettingsDep, jobs: JobsDep,
                 where = ".".join(str(p) for p in first.get("loc", ()))
                 raise _bad(f"{where}: {first.get('msg')}" if where else str(first.get("msg")),
                            field=where or None) from None
-            filename = f"{body.name or 'rows'}.jsonl"
             stored = await run_in_threadpool(store_rows, body.rows, settings, name=body.name,
-                                             task_type=body.task_type, column_map=body.column_map)
-            load_options = {}  # stored rows are already in the canonical schema
-        else:
-            raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                                {"message": "send multipart/form-data with a 'file', or application/json rows"})
+                                             task_type=body.task_type, column_map=body.column_map, keep=keep)
+            return stored, f"{body.name or 'rows'}.jsonl", {}  # stored rows are already in the canonical schema
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                            {"message": "send multipart/form-data with a 'file', or application/json rows"})
     except DatasetError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, error_detail(exc)) from None
     except UploadTooLarge as exc:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, {"message": str(exc)}) from None
-    try:
-        return public(_record(jobs, stored, filename, owner, load_options))
-    except Exception:
-        stored.discard()  # the database refused the record: keep no file without one
-        raise
 
 
 def _text(value: Any) -> str | None:
     return value.strip() or None if isinstance(value, str) else None
 
 
-def _record(jobs: JobsDep, stored: StoredUpload, filename: str | None, owner: str | None,
-            load_options: dict[str, Any]) -> StoredDataset:
+def _summary(stored: StoredUpload, filename: str | None) -> dict[str, Any]:
     dataset = stored.dataset
     description = dataset.describe()
-    labels = description.get("labels") or {}
-    return jobs.add_dataset(name=dataset.name[:200], filename=display_name(filename), file_sha256=stored.file_sha256,
-                            file_ext=stored.file_ext, content_hash=dataset.content_hash,
-                            task_type=dataset.task_type.value, rows=len(dataset), labels=labels,
-                            load_options=load_options, description=description, size_bytes=stored.size_bytes, owner=owner)
+    return {"name": dataset.name[:200], "filename": display_name(filename), "task_type": dataset.task_type.value,
+            "rows": len(dataset), "labels": description.get("labels") or {}, "content_hash": dataset.content_hash,
+            "size_bytes": stored.size_bytes, "description": description}
+
+
+def _record(jobs: JobsDep, stored: StoredUpload, filename: str | None, owner: str | None,
+            load_options: dict[str, Any]) -> StoredDataset:
+    return jobs.add_dataset(**_summary(stored, filename), file_sha256=stored.file_sha256, file_ext=stored.file_ext,
+                            load_options=load_options, owner=owner)
 
 
 @router.get("", response_model=list[DatasetPublic])
@@ -136,21 +169,14 @@ def list_datasets(jobs: JobsDep, settings: SettingsDep, owner: Reader, limit: in
     return [public(r) for r in records]
 
 
-def _get_visible(jobs: JobsDep, settings: SettingsDep, owner: str | None, dataset_id: str) -> StoredDataset:
-    record = jobs.get_dataset(dataset_id)
-    if record is None or not visible(owner, record.owner, settings):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dataset {dataset_id}")
-    return record
-
-
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses={404: {"model": ErrorResponse}})
 def get_dataset(dataset_id: str, jobs: JobsDep, settings: SettingsDep, owner: Reader) -> DatasetPublic:
-    return public(_get_visible(jobs, settings, owner, dataset_id))
+    return public(visible_dataset(jobs, settings, owner, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=204, responses={404: {"model": ErrorResponse}})
 def delete_dataset(dataset_id: str, jobs: JobsDep, settings: SettingsDep, owner: Writer) -> Response:
-    record = _get_visible(jobs, settings, owner, dataset_id)
+    record = visible_dataset(jobs, settings, owner, dataset_id)
     jobs.delete_dataset(record.id)
     if jobs.datasets_with_file(record.file_sha256) == 0:  # content-addressed: other records may share it
         dataset_path(settings, record).unlink(missing_ok=True)

@@ -17,13 +17,12 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 def job_public(job: Job) -> JobPublic:
-    return JobPublic(id=job.id, kind=job.kind, state=job.state.value, stage=job.stage,
-                     progress=round(100.0 * job.progress, 1), done=job.done, total=job.total,
-                     eta_seconds=None if job.eta_seconds is None else round(job.eta_seconds, 1),
-                     error=job.error, dataset_id=job.dataset_id, queue=job.queue, attempts=job.attempts,
-                     created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-                     duration_seconds=None if job.duration_seconds is None else round(job.duration_seconds, 3),
-                     result=job.result)
+    """The job as the API shows it: progress in percent, times rounded (the rest as stored)."""
+    public = JobPublic.model_validate(job, from_attributes=True)
+    return public.model_copy(update={
+        "progress": round(100.0 * job.progress, 1),
+        "eta_seconds": None if job.eta_seconds is None else round(job.eta_seconds, 1),
+        "duration_seconds": None if job.duration_seconds is None else round(job.duration_seconds, 3)})
 
 
 # The hot routes (GET /jobs/{id}, POST /rankings) are async with async dependencies and ONE thread-pool

@@ -6,20 +6,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 
-from app.deps import JobsDep, LibraryDep, Services, SettingsDep, Writer, get_services
-from app.routes.datasets import _get_visible
+from app.deps import JobsDep, LibraryDep, Services, SettingsDep, Writer, get_services, visible_dataset
 from app.routes.jobs import job_public
 from app.schemas import ErrorResponse, JobPublic, SourceTaskCreate, SourceTaskPublic
 from library.errors import LibraryError
 from library.store import SourceTask
+from worker.job_kinds import JOB_KINDS
+from worker.payloads import AddSourcePayload
 
 router = APIRouter(prefix="/library", tags=["library"])
 
 
 def task_public(task: SourceTask) -> SourceTaskPublic:
-    return SourceTaskPublic(id=task.id, name=task.name, task_type=task.task_type, description=task.description,
-                            num_train=task.num_train, num_dev=task.num_dev, data_hash=task.data_hash,
-                            provenance=task.provenance, created_at=task.created_at)
+    return SourceTaskPublic.model_validate(task, from_attributes=True)
 
 
 @router.get("/tasks", response_model=list[SourceTaskPublic])
@@ -32,13 +31,14 @@ def list_tasks(library: LibraryDep) -> list[SourceTaskPublic]:
 def add_task(body: SourceTaskCreate, jobs: JobsDep, library: LibraryDep, settings: SettingsDep, owner: Writer,
              services: Annotated[Services, Depends(get_services)]) -> JobPublic:
     """Add an uploaded dataset as a source: an embedding job with the library's own options."""
-    dataset = _get_visible(jobs, settings, owner, body.dataset_id)
+    dataset = visible_dataset(jobs, settings, owner, body.dataset_id)
     name = body.name or dataset.name
     if library.store.get_task(name) is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"source task {name!r} already exists")
-    job = jobs.create_job("add_source", params={"name": name, "description": body.description},
-                          dataset_id=dataset.id, queue="embed", owner=owner)
-    services.enqueue("add_source", job.id)
+    kind = JOB_KINDS["add_source"]
+    job = jobs.create_job(kind.name, params=AddSourcePayload(name=name, description=body.description).model_dump(),
+                          dataset_id=dataset.id, queue=kind.queue, owner=owner)
+    services.enqueue(kind.name, job.id)
     return job_public(jobs.get_job(job.id) or job)
 
 

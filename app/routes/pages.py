@@ -11,66 +11,39 @@ import csv
 import io
 import json
 import math
-import re
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
-from markupsafe import Markup, escape
 
 from app.deps import JobsDep, LibraryDep, Reader, SettingsDep, visible
+from app.rendering import (  # noqa: E402
+    FIELDS_BY_TYPE,
+    METHOD_LABELS,
+    OTHER_COLOUR,
+    TASK_TYPES,
+    TYPE_COLOURS,
+    TYPE_LABELS,
+    detail_parts,
+    nice_ticks,
+    not_found,
+    ranking_methods,
+    render,
+    text_width,
+    tick_label,
+)
 from app.routes.jobs import job_public
 from app.routes.library import task_public
 from app.routes.rankings import ranking_public
+from app.schemas import RankMethod
 from embeddings.data import _TEXT_ALIASES
 from library.errors import LibraryError
 from library.jobs import Job, JobStore, StoredRanking
-from library.projection import MAP_METHODS, library_map
+from library.methods import RANKING_METHODS
+from library.projection import library_map
 
 router = APIRouter(tags=["pages"])
-templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
-
-MapMethod = Literal["textemb", "semb", "taskemb", "ensemble"]
-METHODS = [
-    ("ensemble", "Ensemble", "TextEmb, SEmb and TaskEmb rankings fused (reciprocal rank fusion)"),
-    ("textemb", "TextEmb", "mean of the encoder's token embeddings: what the text is about"),
-    ("semb", "SEmb", "sentence embeddings: domain and style"),
-    ("taskemb", "TaskEmb", "Fisher information of a briefly trained head: what the task asks"),
-]
-METHOD_LABELS = {m: label for m, label, _ in METHODS}
-PART_LABELS = {**METHOD_LABELS, "text": "TextEmb", "sentence": "SEmb"}  # ensemble parts, single-vector components
-TASK_TYPES = ["classification", "regression", "question_answering", "sequence_labeling"]
-TYPE_LABELS = {"classification": "classification", "regression": "regression",
-               "question_answering": "question answering", "sequence_labeling": "sequence labeling"}
-TYPE_COLOURS = {"classification": "#2f6fdf", "regression": "#d9822b", "question_answering": "#1f9d6b",
-                "sequence_labeling": "#c2397a"}
-OTHER_COLOUR = "#6b7280"
-FIELDS_BY_TYPE = {"classification": ["text", "text_pair", "label"], "regression": ["text", "text_pair", "label"],
-                  "question_answering": ["question", "context", "answers"],
-                  "sequence_labeling": ["tokens", "tags"]}
-
-
-# -- helpers -----------------------------------------------------------------------------------
-
-def _render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, {"nav": _nav(request.url.path), **context},
-                                      status_code=status_code)
-
-
-def _nav(path: str) -> list[dict[str, Any]]:
-    items = [("Upload", "/", path == "/"), ("Library", "/library/view", path.startswith("/library/")),
-             ("Jobs", "/jobs/view", path.startswith("/jobs/")), ("API docs", "/docs", False)]
-    return [{"label": label, "href": href, "active": active} for label, href, active in items]
-
-
-def _not_found(request: Request, what: str) -> HTMLResponse:
-    return _render(request, "error.html", {"title": "Not found", "message": f"There is no {what}."},
-                   status_code=404)
-
-
+MapMethod = RankMethod  # any registered ranking method: its map_basis vectors are drawn
 def _visible_ranking(jobs: JobStore, settings: Any, owner: str | None, ranking_id: str) -> StoredRanking | None:
     ranking = jobs.get_ranking(ranking_id)
     if ranking is None or not visible(owner, ranking.owner, settings):
@@ -90,80 +63,10 @@ def _ranking_id_of(job: Job) -> str | None:
     return result.get("ranking_id") or job.params.get("ranking_id")
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def fmt_time(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "–"
-
-
-def fmt_int(value: int | None) -> str:
-    return "–" if value is None else f"{value:,}"
-
-
-def breakable(value: str) -> Markup:
-    """Escaped, with line-break opportunities after dots and underscores (long component names)."""
-    return Markup(re.sub(r"([._])", r"\1<wbr>", str(escape(value))))
-
-
-templates.env.filters["duration"] = fmt_duration
-templates.env.filters["when"] = fmt_time
-templates.env.filters["thousands"] = fmt_int
-templates.env.filters["breakable"] = breakable
-templates.env.globals.update(type_labels=TYPE_LABELS, method_labels=METHOD_LABELS, part_labels=PART_LABELS)
-
-
-def detail_parts(sources: list[dict[str, Any]]) -> list[str]:
-    """Per-method or per-component columns, in the order the first source lists them."""
-    parts: list[str] = []
-    for source in sources:
-        for part in source.get("details") or {}:
-            if part not in parts:
-                parts.append(part)
-    return parts
-
-
-# -- SVG geometry --------------------------------------------------------------------------------
-
-def _text_width(text: str, size: float) -> float:
-    return 0.58 * size * len(text) + 2
-
-
-def _nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
-    if high <= low:
-        return [low]
-    raw = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= high + 1e-9 * step:
-        ticks.append(round(value, 10))
-        value += step
-    return ticks
-
-
-def _tick_label(value: float, step: float) -> str:
-    decimals = max(0, math.ceil(-math.log10(step) - 1e-9)) if step > 0 else 2
-    if step > 0 and abs(round(step, decimals) - step) > 1e-12:
-        decimals += 1
-    return f"{value:.{min(decimals, 6)}f}"
-
-
 def bar_chart(sources: list[dict[str, Any]], method: str) -> dict[str, Any]:
     """Horizontal bars of the scores, best first; geometry in viewBox units."""
     font = 13
-    label_w = min(190.0, max([_text_width(f'{s["rank"]}. {s["name"]}', font) for s in sources] + [60.0]) + 10)
+    label_w = min(190.0, max([text_width(f'{s["rank"]}. {s["name"]}', font) for s in sources] + [60.0]) + 10)
     width, row, top, bottom = 460.0, 28.0, 10.0, 34.0
     plot_x0, plot_x1 = label_w, width - 58
     scores = [float(s["score"]) for s in sources]
@@ -171,7 +74,7 @@ def bar_chart(sources: list[dict[str, Any]], method: str) -> dict[str, Any]:
     high = max(scores, default=1.0)
     if high <= low:
         high = low + 1.0
-    ticks = _nice_ticks(low, high)
+    ticks = nice_ticks(low, high)
     high = max(high, ticks[-1])
     step = ticks[1] - ticks[0] if len(ticks) > 1 else high - low
 
@@ -191,9 +94,13 @@ def bar_chart(sources: list[dict[str, Any]], method: str) -> dict[str, Any]:
     height = plot_bottom + bottom
     return {"width": width, "height": height, "bars": bars, "label_x": plot_x0 - 8, "zero": round(zero, 2),
             "plot_top": top - 4, "plot_bottom": plot_bottom, "plot_x0": plot_x0, "plot_x1": plot_x1,
-            "ticks": [{"x": round(sx(t), 2), "label": _tick_label(t, step)} for t in ticks],
-            "axis_label": "cosine similarity" if method in ("textemb", "semb")
-            else "reciprocal rank fusion score", "font": font}
+            "ticks": [{"x": round(sx(t), 2), "label": tick_label(t, step)} for t in ticks],
+            "axis_label": _axis_label(method), "font": font}
+
+
+def _axis_label(method: str) -> str:
+    label = RANKING_METHODS.get(method).score_label if method in RANKING_METHODS else "score"
+    return "cosine similarity" if label == "similarity" else label
 
 
 def map_figure(data: dict[str, Any], ranked: dict[str, int] | None = None) -> dict[str, Any] | None:
@@ -261,7 +168,7 @@ def _place_labels(marks: list[dict[str, Any]], font: float, bounds: tuple[float,
                  for m in marks]
     placed: list[tuple[float, float, float, float]] = []
     for mark in marks:
-        w, h = _text_width(mark["text"], font), font + 3
+        w, h = text_width(mark["text"], font), font + 3
         base = mark["r"] + 3
         chosen: tuple[tuple[float, float, float, float], int] | None = None
         fallback: tuple[float, tuple[float, float, float, float], int] | None = None
@@ -317,8 +224,8 @@ def _library_map(library: LibraryDep, settings: Any, method: str, ranking: Store
 def upload_page(request: Request, settings: SettingsDep, library: LibraryDep) -> HTMLResponse:
     config = {"aliases": {k: list(v) for k, v in _TEXT_ALIASES.items()}, "fields": FIELDS_BY_TYPE,
               "maxUploadBytes": settings.max_upload_bytes, "keysRequired": bool(settings.api_key_set)}
-    return _render(request, "upload.html", {
-        "title": "Rank source tasks", "methods": METHODS, "task_types": TASK_TYPES,
+    return render(request, "upload.html", {
+        "title": "Rank source tasks", "methods": ranking_methods(), "task_types": TASK_TYPES,
         "config_json": json.dumps(config).replace("</", "<\\/"), "library_tasks": len(library.store.list_tasks()),
         "keys_required": bool(settings.api_key_set), "max_upload_mb": settings.max_upload_bytes / 2**20})
 
@@ -337,17 +244,17 @@ def jobs_page(request: Request, jobs: JobsDep, settings: SettingsDep, owner: Rea
         rows.append({"job": public, "dataset": names.get(job.dataset_id or "", ""),
                      "ranking_id": _ranking_id_of(job) if job.kind == "rank" else None,
                      "method": job.params.get("method"), "name": job.params.get("name")})
-    return _render(request, "jobs.html", {"title": "Jobs", "rows": rows, "limit": limit})
+    return render(request, "jobs.html", {"title": "Jobs", "rows": rows, "limit": limit})
 
 
 @router.get("/jobs/{job_id}/view", response_class=HTMLResponse, include_in_schema=False)
 def job_page(job_id: str, request: Request, jobs: JobsDep, settings: SettingsDep, owner: Reader) -> HTMLResponse:
     job = jobs.get_job(job_id)
     if job is None or not visible(owner, job.owner, settings):
-        return _not_found(request, f"job {job_id}")
+        return not_found(request, f"job {job_id}")
     dataset = jobs.get_dataset(job.dataset_id) if job.dataset_id else None
     public = job_public(job)
-    return _render(request, "job.html", {
+    return render(request, "job.html", {
         "title": f"Job {job.id[:8]}", "job": public, "dataset": dataset, "method": job.params.get("method"),
         "ranking_id": _ranking_id_of(job) if job.kind == "rank" else None})
 
@@ -358,7 +265,7 @@ def ranking_page(ranking_id: str, request: Request, jobs: JobsDep, library: Libr
                  owner: Reader) -> HTMLResponse | RedirectResponse:
     ranking = _visible_ranking(jobs, settings, owner, ranking_id)
     if ranking is None:
-        return _not_found(request, f"ranking {ranking_id}")
+        return not_found(request, f"ranking {ranking_id}")
     public = ranking_public(ranking, jobs)
     if public.sources is None and public.state in ("queued", "running"):
         return RedirectResponse(f"/jobs/{ranking.job_id}/view", status_code=303)
@@ -369,7 +276,7 @@ def ranking_page(ranking_id: str, request: Request, jobs: JobsDep, library: Libr
         map_data, map_error = _library_map(library, settings, ranking.method, ranking)
         if map_data is not None:
             figure = map_figure(map_data, {s["name"]: s["rank"] for s in sources})
-    return _render(request, "ranking.html", {
+    return render(request, "ranking.html", {
         "title": f"Ranking · {(public.target or {}).get('name') or (dataset.name if dataset else ranking_id)}",
         "ranking": public, "dataset": dataset, "sources": sources, "parts": detail_parts(sources),
         "bars": bar_chart(sources, ranking.method) if sources else None, "map": map_data, "figure": figure,
@@ -384,10 +291,10 @@ def library_page(request: Request, library: LibraryDep, settings: SettingsDep,
     counts: dict[str, int] = {}
     for task in tasks:
         counts[task.task_type] = counts.get(task.task_type, 0) + 1
-    return _render(request, "library.html", {
+    return render(request, "library.html", {
         "title": "Library", "tasks": tasks, "map": map_data, "map_error": map_error,
         "figure": map_figure(map_data) if map_data else None, "method": method,
-        "map_methods": [m for m in MAP_METHODS if m != "ensemble"], "counts": counts,
+        "map_methods": [m.name for m in RANKING_METHODS if m.name == m.map_basis], "counts": counts,
         "version": library.store.version()})
 
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visible
-from app.routes.datasets import _get_visible
+from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visible, visible_dataset
 from app.routes.jobs import WriterInline, server_timing, store_read
 from app.schemas import ErrorResponse, RankingCreate, RankingPublic
 from library.jobs import Job, JobState, StoredDataset, StoredRanking
+from worker.job_kinds import JOB_KINDS
+from worker.payloads import RankPayload
 
 router = APIRouter(prefix="/rankings", tags=["rankings"])
 
@@ -65,7 +66,7 @@ class _Lookup:
 
 def _lookup(services: Services, owner: str | None, body: RankingCreate) -> _Lookup:
     jobs, settings = services.jobs, services.settings
-    dataset = _get_visible(jobs, settings, owner, body.dataset_id)
+    dataset = visible_dataset(jobs, settings, owner, body.dataset_id)
     key = request_key(dataset.content_hash, settings.model, services.library.store.version(), body,
                       settings.similarity)
     return _Lookup(dataset, key, *jobs.find_ranking_with_job(key))
@@ -97,15 +98,16 @@ def _create(services: Services, owner: str | None, body: RankingCreate,
     if found.existing is not None and found.existing_job is not None \
             and found.existing_job.state in (JobState.FAILED, JobState.CANCELLED):
         jobs.forget_ranking(found.existing.id)  # a failed attempt is not an answer: try again
-    job = jobs.create_job("rank", params={"method": body.method, "top_k": body.top_k, "all_class": body.all_class},
-                          dataset_id=dataset.id, queue="embed", owner=owner)
+    kind = JOB_KINDS["rank"]
+    payload = RankPayload(method=body.method, top_k=body.top_k, all_class=body.all_class)
+    job = jobs.create_job(kind.name, params=payload.model_dump(), dataset_id=dataset.id, queue=kind.queue, owner=owner)
     ranking, created = jobs.add_ranking(request_key=key, dataset_id=dataset.id, job_id=job.id, method=body.method,
                                         top_k=body.top_k, all_class=body.all_class, owner=owner)
     if not created:  # an identical request won the race: answer with its job
         jobs.mark_cancelled(job.id)
         return ranking_public(ranking, jobs), status.HTTP_202_ACCEPTED
-    jobs.set_job_params(job.id, {**job.params, "ranking_id": ranking.id})
-    services.enqueue("rank", job.id)
+    jobs.set_job_params(job.id, payload.model_copy(update={"ranking_id": ranking.id}).model_dump())
+    services.enqueue(kind.name, job.id)
     return ranking_public(ranking, jobs), status.HTTP_202_ACCEPTED
 
 

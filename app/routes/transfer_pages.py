@@ -10,16 +10,14 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 from app.deps import JobsDep, Reader, SettingsDep
-from app.routes.pages import _nice_ticks, _not_found, _render, _text_width, _tick_label
+from app.rendering import nice_ticks, not_found, render, text_width, tick_label
 from app.routes.transfers import transfer_public, visible_batch
+from embeddings.registry import TRANSFER_METHODS
 
 router = APIRouter(tags=["pages"])
 
 GAIN_COLOUR, LOSS_COLOUR = "#1f9d6b", "#c8372d"
-METHOD_LABELS = {"intermediate": "intermediate-task transfer", "scalearn": "ScaLearn",
-                 "scalearn_uniform": "ScaLearnUniform", "scalearn_plus": "ScaLearn++",
-                 "scalearn_uniform_plus": "ScaLearnUniform++", "adapterfusion": "AdapterFusion", "pemt": "PEMT",
-                 "camtl": "CA-MTL"}
+METHOD_LABELS = TRANSFER_METHODS
 
 
 def source_label(source: dict[str, Any]) -> str:
@@ -39,8 +37,8 @@ def gain_chart(sources: list[dict[str, Any]], baseline_std: float | None,
     if not any(s.get("gain") is not None for s in sources):
         return None
     font, row, top, bottom = 13, 30.0, 10.0, 36.0
-    label_w = min(220.0, max(_text_width(source_label(s), font) for s in sources) + 10)
-    value_w = max(_text_width(_value(s), 12) for s in sources) + 10
+    label_w = min(220.0, max(text_width(source_label(s), font) for s in sources) + 10)
+    value_w = max(text_width(_value(s), 12) for s in sources) + 10
     plot_x0 = label_w
     plot_x1 = plot_x0 + 320.0
     width = plot_x1 + value_w
@@ -52,7 +50,7 @@ def gain_chart(sources: list[dict[str, Any]], baseline_std: float | None,
     low, high = min(values), max(values)
     span = high - low or 1.0
     low, high = low - 0.06 * span, high + 0.06 * span
-    ticks = _nice_ticks(low, high)
+    ticks = nice_ticks(low, high)
     step = ticks[1] - ticks[0] if len(ticks) > 1 else span
 
     def sx(v: float) -> float:
@@ -79,7 +77,7 @@ def gain_chart(sources: list[dict[str, Any]], baseline_std: float | None,
     return {"width": width, "height": plot_bottom + bottom, "bars": bars, "label_x": plot_x0 - 8,
             "zero": round(zero, 2), "plot_top": top - 4, "plot_bottom": plot_bottom, "plot_x0": plot_x0,
             "plot_x1": plot_x1, "band_x": round(sx(-band), 2), "band_w": round(sx(band) - sx(-band), 2),
-            "ticks": [{"x": round(sx(t), 2), "label": _tick_label(t, step)} for t in ticks],
+            "ticks": [{"x": round(sx(t), 2), "label": tick_label(t, step)} for t in ticks],
             "axis_label": f"gain over the baseline ({metric or 'score'} points)", "font": font}
 
 
@@ -89,7 +87,7 @@ def transfer_page(transfer_id: str, request: Request, jobs: JobsDep, settings: S
     try:
         batch = visible_batch(jobs, settings, owner, transfer_id)
     except HTTPException:
-        return _not_found(request, f"transfer {transfer_id}")
+        return not_found(request, f"transfer {transfer_id}")
     public = transfer_public(batch, jobs)
     target = jobs.get_dataset(batch.target_dataset_id)
     sources = [s.model_dump() for s in public.sources]
@@ -97,7 +95,7 @@ def transfer_page(transfer_id: str, request: Request, jobs: JobsDep, settings: S
     # a multi-source method has one result for all its sources: the chart shows that one bar
     chart_rows = sources if combined is None else [{**combined, "name": METHOD_LABELS.get(public.method, public.method),
                                                     "rank": None}]
-    return _render(request, "transfer.html", {
+    return render(request, "transfer.html", {
         "title": f"Transfer · {target.name if target else batch.target_dataset_id}", "transfer": public,
         "target": target, "sources": sources, "baseline": public.baseline.model_dump(),
         "combined": combined, "method_label": METHOD_LABELS.get(public.method, public.method),

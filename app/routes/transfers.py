@@ -17,8 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
-from app.deps import JobsDep, Reader, Services, SettingsDep, Writer, get_services, visible
-from app.routes.datasets import _get_visible
+from app.deps import JobsDep, Reader, Services, SettingsDep, Writer, get_services, visible, visible_dataset
 from app.schemas import (
     MULTI_SOURCE_TRANSFER_METHODS,
     ErrorResponse,
@@ -28,23 +27,22 @@ from app.schemas import (
     TransferRunPublic,
     TransferSourcePublic,
 )
-from app.settings import Settings
 from library.jobs import Job, JobState, JobStore, StoredDataset, StoredTransferBatch
 from library.service import LibraryService
+from library.settings import Settings
+from worker.job_kinds import JOB_KINDS
+from worker.payloads import SourceRef, TransferPayload
 
 router = APIRouter(prefix="/transfers", tags=["transfers"])
 
-KIND, QUEUE = "transfer", "train"
+KIND = JOB_KINDS["transfer"]
 
 
 # -- where a source's training data lives -------------------------------------------------------------
 
 def source_data_root(settings: Settings) -> Path | None:
     """`data_dir/sources` when it exists, else `../shared/data` from the working directory, else None."""
-    for root in (settings.data_dir / "sources", Path.cwd() / ".." / "shared" / "data"):
-        if root.is_dir():
-            return root.resolve()
-    return None
+    return settings.paths.source_data_root(settings.shared_data_dir)
 
 
 def source_folder(settings: Settings, name: str) -> Path | None:
@@ -72,7 +70,7 @@ def _resolve_sources(settings: Settings, jobs: JobStore, library: LibraryService
             if folder is None:
                 root = source_data_root(settings)
                 where = f"no folder {task.name}/ with task.json under {root}" if root else (
-                    f"neither {settings.data_dir / 'sources'} nor ../shared/data exists")
+                    f"neither {settings.paths.sources} nor {settings.shared_data_dir} exists")
                 raise _unprocessable(f"no training data for source {key!r}: {where}", "sources")
             resolved.append({"key": key, "name": task.name, "kind": "library", "task_type": task.task_type,
                              "rank": ranks.get(key), "path": str(folder)})
@@ -224,10 +222,10 @@ def create_transfer(body: TransferCreate, services: ServicesDep, owner: Writer) 
     `train` queue. Sources are library task names (their data from `data_dir/sources`, else
     ../shared/data) or uploaded dataset ids; or the top-k of a finished ranking of the target."""
     jobs, settings = services.jobs, services.settings
-    target = _get_visible(jobs, settings, owner, body.target_dataset_id)
+    target = visible_dataset(jobs, settings, owner, body.target_dataset_id)
     dev_id = None
     if body.dev_dataset_id is not None:
-        dev = _get_visible(jobs, settings, owner, body.dev_dataset_id)
+        dev = visible_dataset(jobs, settings, owner, body.dev_dataset_id)
         if dev.task_type != target.task_type:
             raise _unprocessable(f"the dev dataset is {dev.task_type} but the target is {target.task_type}",
                                  "dev_dataset_id")
@@ -240,24 +238,24 @@ def create_transfer(body: TransferCreate, services: ServicesDep, owner: Writer) 
     sources = _resolve_sources(settings, jobs, services.library, owner, keys, ranks)
     seeds = list(body.seeds)
     options = body.options.model_dump()
-    options["source_epochs"] = options["source_epochs"] or options["epochs"]
-    params: list[dict[str, Any]] = [{"role": "baseline", "source": None, "seeds": seeds}]
+    payloads = [TransferPayload(role="baseline", seeds=seeds)]
     if body.method in MULTI_SOURCE_TRANSFER_METHODS:  # one job with every source, beside the baseline
         scores = _ranking_scores(jobs, body.from_ranking.ranking_id) if body.from_ranking else {}
-        params.append({"role": "combined", "source": None, "method": body.method, "seeds": seeds,
-                       "sources": [{**_where(entry), "key": entry["key"], "name": entry["name"],
-                                    "score": scores.get(entry["key"])} for entry in sources]})
+        payloads.append(TransferPayload(role="combined", method=body.method, seeds=seeds, sources=[
+            SourceRef(**_where(entry), key=entry["key"], name=entry["name"], score=scores.get(entry["key"]))
+            for entry in sources]))
     for entry in sources if body.method not in MULTI_SOURCE_TRANSFER_METHODS else []:
-        params.append({"role": "source", "source": entry["key"], "source_name": entry["name"],
-                       "source_kind": entry["kind"], "seeds": seeds, **_where(entry)})
+        payloads.append(TransferPayload(role="source", source=entry["key"], source_name=entry["name"],
+                                        source_kind=entry["kind"], seeds=seeds, **_where(entry)))
+    params = [p.model_dump(exclude={"batch_id"}) for p in payloads]
     public_sources = [{k: v for k, v in entry.items() if k != "path"} for entry in sources]
     batch, created = jobs.create_transfer_batch(
         target_dataset_id=target.id, dev_dataset_id=dev_id, method=body.method, sources=public_sources,
-        seeds=seeds, options=options, job_params=params, kind=KIND, queue=QUEUE,
+        seeds=seeds, options=options, job_params=params, kind=KIND.name, queue=KIND.queue,
         ranking_id=body.from_ranking.ranking_id if body.from_ranking else None, owner=owner)
     try:
         for job in created:
-            services.enqueue(KIND, job.id)  # type: ignore[attr-defined]
+            services.enqueue(KIND.name, job.id)  # type: ignore[attr-defined]
     except Exception:
         for job in created:  # a batch is whole or not at all: no half-dispatched batch is left queued
             jobs.request_cancel(job.id)

@@ -1,6 +1,7 @@
-// The upload form: posts the file (or pasted rows) to POST /datasets, shows what the loader found
-// (or where the file is wrong), offers the file's columns for the mapping, then posts /rankings and
-// opens the job page (or the ranking itself when the answer is stored).
+// The upload form: checks the file (or pasted rows) with POST /datasets/validate, which stores nothing,
+// shows what the loader found (or where the file is wrong), offers the file's columns for the mapping;
+// on submit it uploads with POST /datasets, posts /rankings and opens the job page (or the ranking
+// itself when the answer is stored).
 (function () {
   "use strict";
   var config = JSON.parse(document.getElementById("upload-config").textContent);
@@ -18,7 +19,7 @@
   var TYPE_LABELS = { classification: "classification", regression: "regression",
                       question_answering: "question answering", sequence_labeling: "sequence labeling" };
 
-  var state = { uploaded: null, header: null, busy: false, detected: null, chosen: {} };
+  var state = { uploaded: null, checked: null, header: null, busy: false, detected: null, chosen: {} };
 
   function headers() {
     var keyInput = $("api-key");
@@ -270,8 +271,10 @@
     });
   }
 
-  // ---- upload, then rank -----------------------------------------------------------------------------
-  function upload() {
+  // ---- check (nothing stored), then on submit upload and rank ------------------------------------------
+  // upload(false) asks POST /datasets/validate what the loader finds; upload(true) stores with POST /datasets
+  // (the same content, name and owner again: the service answers 200 with the record it made before).
+  function upload(keep) {
     var source = currentSource();
     if (!source) {
       showError({ message: "Choose a file or paste some rows first." });
@@ -283,7 +286,8 @@
       return Promise.resolve(null);
     }
     var key = source.key + "|" + optionsKey();
-    if (state.uploaded && state.uploaded.key === key) return Promise.resolve(state.uploaded.dataset);
+    var cached = keep ? state.uploaded : state.checked;
+    if (cached && cached.key === key) return Promise.resolve(cached.dataset);
     var body = new FormData();
     body.append("file", source.blob, source.filename);
     var name = $("name").value.trim();
@@ -291,17 +295,18 @@
     if (typeSelect.value) body.append("task_type", typeSelect.value);
     var map = columnMap();
     if (map) body.append("column_map", JSON.stringify(map));
-    say("Checking the dataset…");
-    return fetch("/datasets", { method: "POST", body: body, headers: headers() })
+    say(keep ? "Uploading the dataset…" : "Checking the dataset…");
+    return fetch(keep ? "/datasets" : "/datasets/validate", { method: "POST", body: body, headers: headers() })
       .then(responseJson)
       .then(function (answer) {
-        if (answer.status === 201) {
-          state.uploaded = { key: source.key + "|" + optionsKey(), dataset: answer.body };
+        if (answer.ok) {
+          var entry = { key: key, dataset: answer.body };
+          if (keep) state.uploaded = entry; else state.checked = entry;
           showSummary(answer.body);
           say("");
           return answer.body;
         }
-        state.uploaded = null;
+        if (keep) state.uploaded = null; else state.checked = null;
         showError(answer.body && answer.body.detail ? answer.body.detail : "HTTP " + answer.status);
         say("");
         return null;
@@ -310,6 +315,7 @@
 
   function newSource() {
     state.uploaded = null;
+    state.checked = null;
     state.detected = null;
     state.chosen = {};
     autoOption.textContent = "Auto-detect";
@@ -327,7 +333,7 @@
     if (state.busy) return;
     setBusy(true);
     newSource()
-      .then(upload)
+      .then(function () { return upload(false); })
       .catch(function (err) { showError({ message: "Cannot reach the service: " + err.message }); say(""); })
       .then(function () { setBusy(false); });
   }
@@ -335,7 +341,7 @@
   function recheck() {  // a changed task type or mapping: validate again at once
     if (state.busy || !currentSource()) return;
     setBusy(true);
-    upload()
+    upload(false)
       .catch(function (err) { showError({ message: "Cannot reach the service: " + err.message }); say(""); })
       .then(function () { setBusy(false); });
   }
@@ -351,7 +357,7 @@
     setBusy(true);
     var ready = state.header || !currentSource() ? Promise.resolve() : newSource();
     ready
-      .then(upload)
+      .then(function () { return upload(true); })
       .then(function (dataset) {
         if (!dataset) return null;
         var method = form.querySelector("input[name=method]:checked").value;

@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from app.settings import Settings
 from embeddings.data import load_dataset
 from embeddings.encoders import default_model_path, load_encoder
 from embeddings.options import EmbedOptions, TaskEmbOptions
 from library.build import BuildOptions, build_library
+from library.settings import Settings
 from library.store import LibraryStore
 
 LIBRARY_TASKS = ("rte", "sst2", "sentence_polarity", "stsb", "conll2003_ner")

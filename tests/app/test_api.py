@@ -8,11 +8,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.settings import Settings
 from library.jobs import JobStore
 from library.service import LibraryService
+from library.settings import Settings
 from tests.app.conftest import write_csv_slice
 from worker import runner
+from worker.job_kinds import JOB_KINDS
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def run_queued_jobs(settings: Settings) -> int:
     service = LibraryService.from_settings(settings)
     ran = 0
     for job in store.unfinished_jobs():
-        {"rank": runner.run_rank, "add_source": runner.run_add_source}[job.kind](job.id, store, service, settings)
+        JOB_KINDS[job.kind].handler(job.id, store, service, settings)
         ran += 1
     service.close()
     store.close()
@@ -218,3 +219,43 @@ def test_embedded_broker_polls_every_tenth_of_a_second(service_settings):
         message.ack()
         queue.close()
     assert (service_settings.data_dir / "broker.sqlite").is_file()
+
+
+def test_the_same_upload_twice_is_one_record(client, service_settings):
+    """Same content, name and owner: the existing record (200); another name is another record (201)."""
+    data = b"text,label\ngreat film,pos\nawful film,neg\nfine film,pos\n"
+    first = client.post("/datasets", files={"file": ("films.csv", data)}, data={"name": "films"})
+    again = client.post("/datasets", files={"file": ("films.csv", data)}, data={"name": "films"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    rows = [{"text": "great", "label": "pos"}, {"text": "awful", "label": "neg"}]
+    as_rows = [client.post("/datasets", json={"rows": rows, "name": "r"}) for _ in range(2)]
+    assert [r.status_code for r in as_rows] == [201, 200] and as_rows[0].json()["id"] == as_rows[1].json()["id"]
+    other = client.post("/datasets", files={"file": ("films.csv", data)}, data={"name": "films, again"})
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
+    assert len(client.get("/datasets").json()) == 3
+
+
+def test_the_same_upload_by_another_owner_is_their_own_record(service_settings):
+    settings = service_settings.model_copy(update={"api_keys": "alice,bob", "per_key_ownership": True})
+    rows = {"rows": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}], "name": "shared"}
+    with TestClient(create_app(settings)) as client:
+        alice = [client.post("/datasets", json=rows, headers={"Authorization": "Bearer alice"}) for _ in range(2)]
+        bob = client.post("/datasets", json=rows, headers={"Authorization": "Bearer bob"})
+    assert [r.status_code for r in alice] == [201, 200] and bob.status_code == 201
+    assert bob.json()["id"] != alice[0].json()["id"]
+
+
+def test_validate_only_describes_and_stores_nothing(client, service_settings):
+    data = b"text,label\ngreat film,pos\nawful film,neg\nfine film,pos\n"
+    checked = client.post("/datasets/validate", files={"file": ("films.csv", data)}, data={"name": "films"})
+    assert checked.status_code == 200, checked.text
+    body = checked.json()
+    assert body["rows"] == 3 and body["task_type"] == "classification" and body["name"] == "films"
+    assert body["labels"] == {"neg": 1, "pos": 2} and "id" not in body
+    rows = client.post("/datasets/validate", json={"rows": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]})
+    assert rows.status_code == 200 and rows.json()["rows"] == 2
+    bad = client.post("/datasets/validate", files={"file": ("bad.csv", b"text,label\nonly,one\n")})
+    assert bad.status_code == 422
+    assert stored_files(service_settings) == [] and client.get("/datasets").json() == []
+    assert [p.name for p in (service_settings.data_dir / "datasets").iterdir()] == []  # no temp file left

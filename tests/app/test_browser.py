@@ -224,3 +224,91 @@ def test_upload_rank_and_read_the_result_in_a_browser(sync_playwright, live_serv
         finally:
             browser.close()
     assert log.errors == []
+
+
+@pytest.fixture
+def api_only_service(service_settings, tmp_path):
+    """`taskrank serve --no-worker`: pages and docs only, nothing queued."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    logs = tmp_path / "api-logs"
+    logs.mkdir()
+    env = base_env(service_settings.data_dir, TASKRANK_MODEL=service_settings.model, TASKRANK_DEVICE="cpu")
+    with processes(TASKRANK + ["serve", "--no-worker", "--port", str(port)], env=env, log_dir=logs) as procs:
+        wait_healthy(url, procs, logs, workers=0)
+        yield url
+
+
+def offline_page(browser, url: str, log: BrowserLog, blocked: list[str]):
+    """A page that may load from the service only: any other request is aborted and recorded."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+
+    def only_local(route) -> None:
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:
+            blocked.append(f"{route.request.resource_type} {route.request.url}")
+            route.abort()
+
+    context.route("**/*", only_local)
+    page = context.new_page()
+    log.watch(page)
+    return page
+
+
+def test_api_docs_render_offline(sync_playwright, api_only_service):
+    """/docs (Swagger UI) and /redoc load their scripts from the service, never a CDN."""
+    url = api_only_service
+    log = BrowserLog()
+    blocked: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = offline_page(browser, url, log, blocked)
+            page.goto(f"{url}/docs")
+            page.wait_for_selector(".opblock", timeout=20_000)
+            assert page.locator(".opblock").count() >= 10
+            assert "/rankings" in page.inner_text(".swagger-ui")
+            shot(page, "10-docs-offline")
+            page.goto(f"{url}/redoc")
+            page.wait_for_selector("[data-section-id]", state="attached", timeout=20_000)
+            assert "rankings" in page.inner_text("body").lower()
+        finally:
+            browser.close()
+    # ReDoc's sidebar asks for Redocly's logo and hides it when it does not load; nothing else may leave
+    logo = "image https://cdn.redoc.ly/redoc/logo-mini.svg"
+    assert [b for b in blocked if b != logo] == []
+    assert [e for e in log.errors if e != "console error: Failed to load resource: net::ERR_FAILED"] == []
+
+
+def test_choosing_files_stores_nothing_until_the_ranking_starts(sync_playwright, api_only_service, tmp_path):
+    """The form checks each chosen file without storing it; submitting stores one record."""
+    import httpx
+
+    url = api_only_service
+    first = tmp_path / "first.csv"
+    first.write_text("sentence,label\ngreat film,pos\nawful film,neg\nfine film,pos\n")
+    second = tmp_path / "second.csv"
+    second.write_text("sentence,label\nlovely film,pos\ndreary film,neg\n")
+    log = BrowserLog()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            log.watch(page)
+            page.goto(f"{url}/")
+            for path, rows in ((first, "3"), (second, "2"), (first, "3")):
+                page.set_input_files("#file", str(path))
+                page.wait_for_function(f"document.getElementById('summary-rows')?.textContent === '{rows}'")
+                assert page.is_visible("#dataset-summary")
+            page.select_option("#task-type", "classification")  # a changed option checks again
+            page.wait_for_selector("#dataset-summary:not(.hidden)")
+            assert httpx.get(f"{url}/datasets").json() == []
+            page.check("input[name=method][value=textemb]")
+            page.click("#start")
+            page.wait_for_url(re.compile(r".*/jobs/[0-9a-f]+/view$"), timeout=30_000)
+        finally:
+            browser.close()
+    stored = httpx.get(f"{url}/datasets").json()
+    assert [(d["filename"], d["rows"]) for d in stored] == [("first.csv", 3)]
+    assert log.errors == []

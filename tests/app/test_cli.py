@@ -65,7 +65,7 @@ def test_embed_saves_vectors_and_metadata(tmp_path: Path, capsys):
 
 
 def test_transfer_command_reports_baseline_and_gain(shared_data, tiny_model_dir, tmp_path, monkeypatch, capsys):
-    from app.settings import get_settings
+    from library.settings import get_settings
 
     monkeypatch.setenv("TASKRANK_DATA_DIR", str(tmp_path / "data"))
     get_settings.cache_clear()
@@ -86,7 +86,7 @@ def test_transfer_command_reports_baseline_and_gain(shared_data, tiny_model_dir,
 
 
 def test_transfer_command_with_a_multi_source_method(shared_data, tiny_model_dir, tmp_path, monkeypatch, capsys):
-    from app.settings import get_settings
+    from library.settings import get_settings
 
     monkeypatch.setenv("TASKRANK_DATA_DIR", str(tmp_path / "data"))
     get_settings.cache_clear()

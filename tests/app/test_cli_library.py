@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from app.settings import get_settings
 from library.bundle import MANIFEST, default_library_path
+from library.settings import get_settings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -101,8 +101,8 @@ def test_evaluate_prints_metrics_per_method_and_baselines(env, default_library, 
     assert code == 0, err
     assert "2 target(s): mrpc, rte" in out
     assert "NDCG@5" in out and "rho" in out and "Regret@3" in out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[3:]}
-    assert set(rows) == {"textemb", "semb", "taskemb", "ensemble", "random", "datasize"}
+    rows = {line.split()[0]: line.split()[1:] for line in out.split("\n\n")[0].splitlines()[3:]}  # first table
+    assert set(rows) == {"textemb", "semb", "taskemb", "ensemble", "random", "datasize", "source_prior"}
     for values in rows.values():
         ndcg, rho, regret = map(float, values)
         assert 0 <= ndcg <= 1 and 1 <= rho <= 6 and regret >= 0

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.settings import Settings
+from library.settings import Settings
 
 PG = ("127.0.0.1", 5432)
 

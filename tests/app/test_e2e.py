@@ -189,3 +189,41 @@ def test_serve_with_several_api_processes(service_settings, tmp_path):
         listed = {d["id"] for d in httpx.get(f"{url}/datasets", params={"limit": 50}).json()}
         assert set(created) <= listed  # every process writes to and reads from the same store
         assert httpx.get(f"{url}/library/tasks").json()  # the library was prepared once, before the fork
+
+
+def test_a_ranking_starts_while_a_transfer_trains(service_settings, shared_data, tmp_path):
+    """`taskrank serve` runs the `embed` and `train` queues in separate worker processes: a ranking
+    submitted while a transfer batch fine-tunes starts at once instead of queueing behind it."""
+    import shutil
+
+    data_dir = tmp_path / "served"
+    shutil.copytree(service_settings.data_dir, data_dir)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = base_env(data_dir, TASKRANK_MODEL=service_settings.model, TASKRANK_DEVICE="cpu")
+    with processes(TASKRANK + ["serve", "--port", str(port)], env=env, log_dir=tmp_path) as procs:
+        wait_healthy(url, procs, tmp_path)
+        target_csv = write_csv_slice(shared_data, "sst2", tmp_path / "target.csv", 200)
+        target = httpx.post(f"{url}/datasets", files={"file": ("target.csv", target_csv.read_bytes())}).json()
+        query_csv = write_csv_slice(shared_data, "rte", tmp_path / "query.csv", 30)
+        query = httpx.post(f"{url}/datasets", files={"file": ("query.csv", query_csv.read_bytes())}).json()
+        slow = {"epochs": 20, "source_epochs": 5, "batch_size": 8, "max_length": 32, "source_max_rows": 200,
+                "target_max_rows": 200, "dev_max_rows": 40}
+        batch = httpx.post(f"{url}/transfers", json={"target_dataset_id": target["id"], "sources": ["rte"],
+                                                     "seeds": [1, 2, 3], "options": slow}, timeout=30)
+        assert batch.status_code == 202, batch.text
+        batch = batch.json()
+        deadline = time.monotonic() + 120
+        while not any(httpx.get(f"{url}/jobs/{j}").json()["state"] == "running" for j in batch["job_ids"]):
+            assert time.monotonic() < deadline, "the transfer never started"
+            time.sleep(0.2)
+
+        submitted_at = time.monotonic()
+        ranking = httpx.post(f"{url}/rankings", json={"dataset_id": query["id"], "method": "textemb"}).json()
+        while (job := httpx.get(f"{url}/jobs/{ranking['job_id']}").json())["state"] == "queued":
+            assert time.monotonic() - submitted_at < 15, "the ranking waited behind the transfer"
+            time.sleep(0.2)
+        training = [httpx.get(f"{url}/jobs/{j}").json() for j in batch["job_ids"]]
+        assert any(j["state"] == "running" for j in training), "the transfer finished first: make it slower"
+        assert wait_job(url, ranking["job_id"])["state"] == "succeeded"
+        httpx.delete(f"{url}/transfers/{batch['id']}")

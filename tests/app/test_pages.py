@@ -7,7 +7,6 @@ import io
 import math
 import re
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,11 +17,11 @@ from app.main import create_app
 from app.routes.pages import bar_chart, map_figure
 from library.build import library_options
 from library.jobs import JobStore
-from library.projection import find_target_embedding, fit_pca_2d, pca_2d, target_cache_path
+from library.projection import fit_pca_2d, pca_2d
 from library.store import LibraryStore
+from library.target_cache import TargetEmbeddingCache, find_target_embedding, target_cache_path
 from tests.app.conftest import LIBRARY_TASKS, write_csv_slice
 from tests.app.test_api import run_queued_jobs
-from worker import runner
 
 
 @pytest.fixture
@@ -195,8 +194,8 @@ def test_ranking_pages_exports_and_map(client, ranked, service_settings):
     model_hash = store.keys()[0].model_hash
     store.close()
     for part in ("textemb", "semb", "taskemb"):
-        worker_path = runner._embedding_cache(service_settings, SimpleNamespace(content_hash=ranked["target"]["hash"]),
-                                              model_hash, part, options)
+        worker_path = TargetEmbeddingCache(service_settings.paths.embeddings).path(
+            ranked["target"]["hash"], model_hash, part, options.options_hash)
         assert worker_path.is_file()
         assert target_cache_path(service_settings.data_dir, ranked["target"]["hash"], model_hash, part,
                                  options.options_hash) == worker_path

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def live_url(tmp_path_factory, tiny_model_dir, tiny_library_db):
     import uvicorn
 
-    from app.settings import Settings
+    from library.settings import Settings
 
     data_dir = tmp_path_factory.mktemp("schemathesis-data")
     (data_dir / "taskrank.db").write_bytes(tiny_library_db.read_bytes())

@@ -9,11 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.settings import Settings
 from library.jobs import JobStore
 from library.service import LibraryService
+from library.settings import Settings
 from tests.app.conftest import write_csv_slice
-from worker import runner
+from worker.job_kinds import JOB_KINDS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,10 +33,9 @@ def run_queued_jobs(settings: Settings) -> int:
     """What a worker does with every queued job (tests/app/test_api.py's helper, with transfers)."""
     store = JobStore(settings.resolved_database_url)
     service = LibraryService.from_settings(settings)
-    kinds = {"rank": runner.run_rank, "add_source": runner.run_add_source, "transfer": runner.run_transfer}
     ran = 0
     for job in store.unfinished_jobs():
-        kinds[job.kind](job.id, store, service, settings)
+        JOB_KINDS[job.kind].handler(job.id, store, service, settings)
         ran += 1
     service.close()
     store.close()

@@ -19,7 +19,6 @@ from library.build import (
     build_library,
     embed_target,
     library_options,
-    rank_dataset,
     task_folders,
 )
 from library.bundle import (
@@ -31,6 +30,7 @@ from library.bundle import (
     import_library,
 )
 from library.errors import LibraryError
+from library.pipeline import rank_target
 from library.ranking import SourceLibrary
 from library.store import LibraryStore
 
@@ -193,9 +193,9 @@ def test_rank_dataset_excludes_the_targets_own_task(
     store, _ = built
     library = SourceLibrary(store, tmp_path / "idx")
     dataset = load_dataset(data_dir / "rte")
-    ranking = rank_dataset(dataset, library, tiny_encoder, "ensemble", top_k=10, all_class=True)
+    ranking = rank_target(dataset, library, tiny_encoder, "ensemble", top_k=10, all_class=True)
     assert sorted(ranking.names()) == ["conll2000_chunk", "squad_v1"]
-    in_class = rank_dataset(dataset, library, tiny_encoder, "textemb", top_k=10)
+    in_class = rank_target(dataset, library, tiny_encoder, "textemb", top_k=10)
     assert in_class.sources == []  # rte is the only classification source, and it is the target
 
 
@@ -206,12 +206,12 @@ def test_rank_dataset_rejects_another_model(built, data_dir: Path, tmp_path) -> 
     tokenizer = AutoTokenizer.from_pretrained(str(default_model_path()), local_files_only=True)
     other = encoder_from_model(BertModel(config, add_pooling_layer=False), tokenizer, name="tiny-bert")
     with pytest.raises(LibraryError, match="rebuild the library"):
-        rank_dataset(load_dataset(data_dir / "rte"), SourceLibrary(store, tmp_path / "idx"), other, "textemb")
+        rank_target(load_dataset(data_dir / "rte"), SourceLibrary(store, tmp_path / "idx"), other, "textemb")
 
 
 def test_empty_library_cannot_rank(store, data_dir: Path, tiny_encoder: Encoder, tmp_path) -> None:
     with pytest.raises(LibraryError, match="library is empty"):
-        rank_dataset(
+        rank_target(
             load_dataset(data_dir / "rte"), SourceLibrary(store, tmp_path / "idx"), tiny_encoder, "textemb"
         )
 

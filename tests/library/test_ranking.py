@@ -169,8 +169,8 @@ def test_ranking_sees_library_changes(library: SourceLibrary, add_source: AddSou
 def test_service_can_serve_the_library_from_an_hnsw_index(sqlite_store: LibraryStore, add_source: AddSource,
                                                           tmp_path) -> None:
     """TASKRANK_INDEX_KIND=hnsw: the approximate index is built, saved with its kind, and ranks like exact."""
-    from app.settings import Settings
     from library.service import LibraryService
+    from library.settings import Settings
 
     for name, cos in [("far", 0.1), ("near", 0.9), ("mid", 0.5), ("close", 0.7)]:
         add_source(name, s=make_result("semb", {"sentence": unit(cos)}))

@@ -9,8 +9,9 @@ import pytest
 
 from embeddings.data import load_dataset
 from embeddings.encoders import Encoder, load_encoder
-from library.build import library_options, rank_dataset
+from library.build import library_options
 from library.bundle import MANIFEST, default_library_path, ensure_default_library
+from library.pipeline import rank_target
 from library.ranking import SourceLibrary
 from library.store import LibraryStore
 
@@ -66,7 +67,7 @@ def test_textemb_ranks_the_own_task_first_then_same_domain_tasks(
     library, encoder, shared_data, target, neighbours
 ):
     """All-class TextEmb: a 200-row slice finds its own task, then the tasks over the same kind of text."""
-    ranking = rank_dataset(
+    ranking = rank_target(
         _slice(shared_data, target), library, encoder, "textemb", top_k=100, all_class=True
     )
     assert len(ranking.sources) == 30  # a 200-row slice is not the library's data: nothing excluded
@@ -77,7 +78,7 @@ def test_textemb_ranks_the_own_task_first_then_same_domain_tasks(
 
 def test_textemb_sees_text_not_labels(library, encoder, shared_data) -> None:
     """The four PTB tagging tasks share their sentences: identical TextEmb similarity to any target."""
-    ranking = rank_dataset(
+    ranking = rank_target(
         _slice(shared_data, "mnli"), library, encoder, "textemb", top_k=100, all_class=True
     )
     sims = {s.name: s.score for s in ranking.sources}
@@ -91,7 +92,7 @@ def test_textemb_sees_text_not_labels(library, encoder, shared_data) -> None:
     "(multi-genre text) and SNLI (image captions) ranks last for it, below every tagging task",
 )
 def test_textemb_ranks_nli_tasks_above_tagging_tasks(library, encoder, shared_data) -> None:
-    ranking = rank_dataset(
+    ranking = rank_target(
         _slice(shared_data, "mnli"), library, encoder, "textemb", top_k=100, all_class=True
     )
     ranks = {s.name: s.rank for s in ranking.sources}
@@ -102,7 +103,7 @@ def test_textemb_ranks_nli_tasks_above_tagging_tasks(library, encoder, shared_da
 
 def test_in_class_mode_returns_only_the_targets_type(library, encoder, shared_data) -> None:
     target = _slice(shared_data, "conll2003_ner")
-    ranking = rank_dataset(target, library, encoder, "semb", top_k=100)
+    ranking = rank_target(target, library, encoder, "semb", top_k=100)
     assert ranking.target.task_type == "sequence_labeling"
     assert {s.task_type for s in ranking.sources} == {"sequence_labeling"}
     assert len(ranking.sources) == 8
@@ -111,15 +112,15 @@ def test_in_class_mode_returns_only_the_targets_type(library, encoder, shared_da
 def test_the_targets_own_task_is_excluded_by_its_full_data_hash(library, encoder, shared_data) -> None:
     full = load_dataset(shared_data / "rte")
     assert library.store.get_task("rte").data_hash == full.content_hash
-    ranking = rank_dataset(full, library, encoder, "textemb", top_k=100, all_class=True)
+    ranking = rank_target(full, library, encoder, "textemb", top_k=100, all_class=True)
     assert "rte" not in ranking.names() and len(ranking.sources) == 29
-    sliced = rank_dataset(_slice(shared_data, "rte"), library, encoder, "textemb", top_k=100, all_class=True)
+    sliced = rank_target(_slice(shared_data, "rte"), library, encoder, "textemb", top_k=100, all_class=True)
     assert "rte" in sliced.names()[:5]  # other data of the same task is not excluded, and ranks high
 
 
 def test_taskemb_explanation_has_one_rank_per_component(library, encoder, shared_data) -> None:
     target = _slice(shared_data, "sst2")
-    ranking = rank_dataset(target, library, encoder, "taskemb", top_k=5)
+    ranking = rank_target(target, library, encoder, "taskemb", top_k=5)
     components = {
         k.component for k in library.store.keys() if k.method == "taskemb" and k.model_name == encoder.name
     }

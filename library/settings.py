@@ -1,13 +1,72 @@
-"""The one settings object: every knob of taskrank, read from `TASKRANK_*` environment variables."""
+"""The one settings object: every knob of taskrank, read from `TASKRANK_*` environment variables.
+
+It lives at the bottom of the flow (in `library/`, which `worker/` and `app/` import downward) so that
+nothing below `app/` ever imports `app`. `DataPaths` owns the data directory's layout.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from library.index import DEFAULT_SIMILARITY, Similarity
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Where everything under the data directory lives: the one place that spells out its layout."""
+
+    root: Path
+
+    @property
+    def datasets(self) -> Path:
+        """Uploaded files, content-addressed by their sha256."""
+        return self.root / "datasets"
+
+    @property
+    def embeddings(self) -> Path:
+        """Cached target embeddings (see `library.target_cache`)."""
+        return self.root / "embeddings"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Fine-tuned source encoders, keyed by data, model and regime (`embeddings.transfer`)."""
+        return self.root / "checkpoints"
+
+    @property
+    def indexes(self) -> Path:
+        """FAISS indexes over the library's vectors."""
+        return self.root / "indexes"
+
+    @property
+    def transfer_runs(self) -> Path:
+        """Resumable checkpoints of running transfer jobs."""
+        return self.root / "transfer_runs"
+
+    @property
+    def sources(self) -> Path:
+        """An operator's task folders for library sources (the service's source training data)."""
+        return self.root / "sources"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "taskrank.db"
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "broker.sqlite"
+
+    def source_data_root(self, fallback: Path | None = None) -> Path | None:
+        """`sources/` when it exists, else `fallback` (the checkout's `../shared/data`) when it does."""
+        for root in (self.sources, fallback):
+            if root is not None and root.is_dir():
+                return root.resolve()
+        return None
 
 
 class Settings(BaseSettings):
@@ -33,8 +92,8 @@ class Settings(BaseSettings):
         "flat", description="FAISS index over the library: exact (flat) or approximate (hnsw) for 100k+ sources.")
     hnsw_ef_search: int = Field(
         512, ge=1, description="HNSW search depth; 512 gave recall@10 >= 0.99 at 100k x 768 in bench/rank.py.")
-    similarity: Literal["centred", "cosine"] = Field(
-        "centred", description="Ranking similarity: cosine after subtracting the library's mean vector (fewer "
+    similarity: Similarity = Field(
+        DEFAULT_SIMILARITY, description="Ranking similarity: cosine after subtracting the library's mean vector (fewer "
                                "hub sources; README, Selection quality), or plain cosine (Vu et al. 2020).")
 
     # Service
@@ -58,14 +117,22 @@ class Settings(BaseSettings):
         300.0, gt=0, description="A queued job unstarted this long is dispatched again (a broker lost it).")
     sweep_interval: float = Field(15.0, gt=0, description="Seconds between a worker's sweeps for lost jobs.")
 
+    shared_data_dir: Path = Field(Path("..") / "shared" / "data",
+                                  description="Task folders used as library sources' training data when "
+                                              "data_dir/sources does not exist (relative to the working directory).")
+
+    @property
+    def paths(self) -> DataPaths:
+        return DataPaths(self.data_dir)
+
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'taskrank.db').resolve()}"
+        return self.database_url or f"sqlite:///{self.paths.database.resolve()}"
 
     @property
     def resolved_broker_url(self) -> str:
         """The embedded default needs no server: kombu's SQLAlchemy transport on a SQLite file."""
-        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+        return self.broker_url or f"sqla+sqlite:///{self.paths.broker.resolve()}"
 
     @property
     def embedded_broker(self) -> bool:

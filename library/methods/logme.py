@@ -1,0 +1,125 @@
+"""ESM-LogME (Schulte et al., EMNLP 2024) and LogME (You et al., ICML 2021): rank sources by how well
+the target's *labels* are explained by the target's features after the source's fine-tuning.
+
+`esm_logme` embeds the target's rows once with the base encoder (SEmb's pooling) and pushes them
+through each source's embedding space map (`library.esm`); `logme` embeds them with every source's
+fine-tuned encoder itself (the cached checkpoints the ESMs were fitted from): exact, and one forward
+pass per source. Both score with the LogME evidence (higher: the labels are more linearly
+predictable). Sources without an ESM (or checkpoint) are left out of the ranking and named in the
+error when none is left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from library.errors import LibraryError
+from library.methods.base import Entry, RankContext, RankingMethod, TargetRows, assign_ranks
+
+ESM_KIND = "esm"
+BUILD_HINT = ("build them with `taskrank library build-esm` (it needs the sources' fine-tuned checkpoints: "
+              "`python bench/transfer_matrix.py --phase sources`)")
+
+
+def _target(rows: TargetRows) -> tuple[np.ndarray, np.ndarray, bool, Any]:
+    """The target's base pooled rows (the library's row cap and seed), its labels, and the sample."""
+    from embeddings.esm import pooled_embeddings
+    from library.esm import target_labels
+
+    labels, regression = target_labels(rows.dataset)
+    features = pooled_embeddings(rows.dataset, rows.encoder, None, rows.embed_options)
+    if len(features) != len(labels):
+        raise LibraryError("the target's rows and labels disagree in number (long rows split into windows?)")
+    return features, labels, regression, rows.dataset
+
+
+def _maps(ctx: RankContext) -> list[Any]:
+    rows = ctx.rows
+    assert rows is not None
+    maps = [m for m in rows.store.source_maps(ESM_KIND, rows.encoder.weights_hash) if m.task_id in ctx.eligible]
+    if not maps:
+        raise LibraryError(f"no eligible source has an embedding space map for this model: {BUILD_HINT}")
+    return maps
+
+
+def _entries(ctx: RankContext, maps: list[Any], scores: np.ndarray, method: str) -> list[Entry]:
+    entries = []
+    for m, score in zip(maps, scores.tolist(), strict=True):
+        details: dict[str, dict[str, float | int]] = {method: {"logme": float(score)}}
+        if method == "esm_logme":
+            details[method]["esm_r2"] = float(m.info.get("r2_heldout", math.nan))
+        entries.append(Entry(task=ctx.eligible[m.task_id], score=float(score), similarity=float(score),
+                             details=details))
+    return assign_ranks(entries)
+
+
+def _rank_esm_logme(ctx: RankContext) -> list[Entry]:
+    from embeddings.esm import EmbeddingSpaceMap, esm_logme_scores
+
+    assert ctx.rows is not None
+    features, labels, regression, _ = _target(ctx.rows)
+    maps = _maps(ctx)
+    esms = [EmbeddingSpaceMap(weight=m.weight, bias=m.bias, r2_heldout=float(m.info.get("r2_heldout", math.nan)),
+                              rows=int(m.info.get("rows", 0)), ridge=float(m.info.get("ridge", 0.0))) for m in maps]
+    scores = esm_logme_scores(features, labels, esms, regression=regression)
+    return _entries(ctx, maps, np.asarray(scores), "esm_logme")
+
+
+def _rank_logme(ctx: RankContext) -> list[Entry]:
+    from safetensors.torch import load_file
+
+    from embeddings.esm import pooled_embeddings
+    from embeddings.logme import logme
+    from library.esm import target_labels
+
+    rows = ctx.rows
+    assert rows is not None
+    labels, regression = target_labels(rows.dataset)
+    maps = _maps(ctx)
+    found: list[tuple[Any, Path]] = []
+    missing: list[tuple[Any, None]] = []
+    for m in maps:
+        path = next((Path(d) / m.checkpoint for d in rows.checkpoint_dirs if (Path(d) / m.checkpoint).is_file()), None)
+        if path is not None:
+            found.append((m, path))
+        else:
+            missing.append((m, None))
+    if missing and not found:
+        names = ", ".join(m.task_name for m, _ in missing)
+        raise LibraryError(f"exact LogME needs the sources' fine-tuned checkpoints, none of which is cached here "
+                           f"(missing: {names}); train them with `python bench/transfer_matrix.py --phase sources` "
+                           "or rank with esm_logme, which needs only the shipped maps")
+    scores = []
+    for _, path in found:
+        state = load_file(str(path), device=str(rows.encoder.device))
+        features = pooled_embeddings(rows.dataset, rows.encoder, state, rows.embed_options)
+        scores.append(logme(features, labels, regression=regression))
+    return _entries(ctx, [m for m, _ in found], np.asarray(scores), "logme")
+
+
+def _explain(details: Mapping[str, Mapping[str, Any]]) -> str:
+    part = next(iter(details.values()), {})
+    text = f"LogME {float(part.get('logme', math.nan)):.3f}"
+    if "esm_r2" in part:
+        text += f" (ESM R² {float(part['esm_r2']):.2f})"
+    return text
+
+
+ESM_LOGME = RankingMethod(
+    name="esm_logme", label="ESM-LogME",
+    description="how well the target's labels are explained after each source's fine-tuning, "
+                "approximated by the source's embedding space map (Schulte et al. 2024)",
+    needs=("semb",), rank=_rank_esm_logme, explain=_explain, score_label="LogME evidence", map_basis="semb",
+    needs_rows=True)
+
+LOGME = RankingMethod(
+    name="logme", label="LogME",
+    description="how well the target's labels are explained by each fine-tuned source encoder's features "
+                "(You et al. 2021; one forward pass per source)",
+    needs=("semb",), rank=_rank_logme, explain=_explain, score_label="LogME evidence", map_basis="semb",
+    needs_rows=True)
