@@ -51,6 +51,8 @@ def print_skipped(result: Mapping[str, Any], out: Echo = echo) -> None:
     """A warning on stderr per target left out of the evaluation (baseline <= 0)."""
     for target, why in (result.get("skipped_targets") or {}).items():
         out(f"warning: {target}: skipped, {why}", err=True)
+    for method, why in (result.get("skipped_methods") or {}).items():
+        out(f"warning: method {method} not scored ({why})", err=True)
 
 
 def headline_note(result: Mapping[str, Any]) -> str:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,6 +157,27 @@ def _export_maps(store: LibraryStore) -> tuple[list[dict[str, Any]], dict[str, n
     return entries, arrays
 
 
+def write_bundle_maps(store: LibraryStore, path: str | Path) -> int:
+    """Put the store's per-source maps into an existing bundle (its tasks and vectors untouched): how
+    ESMs fitted after a library was exported are shipped. Returns the number of maps written."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    shipped = {t["name"]: t.get("data_hash") for t in manifest.get("tasks") or []}
+    entries, arrays = _export_maps(store)
+    tasks = {t.name: t for t in store.list_tasks()}
+    keep = [e for e in entries if e["task"] in shipped and tasks[e["task"]].data_hash == shipped[e["task"]]]
+    keys = {f"{e['array']}/{part}" for e in keep for part in ("weight", "bias")}
+    files = dict(manifest.get("files") or {})
+    if keep:
+        _atomic(path / MAPS, lambda fh: np.savez(fh, **cast(dict[str, Any], {k: v for k, v in arrays.items() if k in keys})))
+        files[MAPS] = _sha256(path / MAPS)
+    manifest["maps"] = keep
+    manifest["files"] = files
+    text = json.dumps(manifest, indent=1, sort_keys=False, ensure_ascii=False) + "\n"
+    _atomic(path / MANIFEST, lambda fh: fh.write(text.encode("utf-8")))
+    return len(keep)
+
+
 def import_maps(store: LibraryStore, path: str | Path, manifest: dict[str, Any] | None = None) -> list[str]:
     """The bundle's per-source maps for tasks the store has with the same data; returns the tasks given maps.
 
@@ -291,8 +312,9 @@ def _same(existing: Any, task: dict[str, Any], store: LibraryStore) -> bool:
     return stored == wanted
 
 
-def import_library(store: LibraryStore, path: str | Path, replace: bool = False) -> ImportReport:
-    """Add every task of the bundle at `path` to the store.
+def import_library(store: LibraryStore, path: str | Path, replace: bool = False,
+                   only: Collection[str] | None = None) -> ImportReport:
+    """Add every task of the bundle at `path` to the store (`only`: just the tasks of these names).
 
     A task already in the store with the same data and embedding keys is skipped; one that differs is
     an error unless `replace`, which replaces it. Conflicts are checked before anything is written.
@@ -302,6 +324,8 @@ def import_library(store: LibraryStore, path: str | Path, replace: bool = False)
     tasks = manifest.get("tasks") or []
     if not tasks:
         raise LibraryError(f"bundle {path} has no tasks")
+    if only is not None:
+        tasks = [t for t in tasks if t["name"] in set(only)]
     plan: list[tuple[dict[str, Any], str]] = []
     conflicts = []
     for task in tasks:
@@ -380,6 +404,23 @@ def import_library(store: LibraryStore, path: str | Path, replace: bool = False)
                 "taskrank_version": taskrank_version(),
             }
         )
+    return report
+
+
+def restore_default_library(store: LibraryStore, path: str | Path | None = None) -> ImportReport:
+    """Import again the shipped sources the store is missing (a deleted shipped source comes back).
+
+    Tasks the store has, whether the shipped ones or an operator's of the same name, are left as they are
+    and reported as skipped."""
+    path = Path(path) if path is not None else default_library_path()
+    if not (path / MANIFEST).is_file():
+        raise LibraryError(f"no default library ships at {path}")
+    shipped = [t["name"] for t in read_manifest(path).get("tasks") or []]
+    missing = [name for name in shipped if store.get_task(name) is None]
+    if not missing:
+        return ImportReport(skipped=shipped, library_version=store.version())
+    report = import_library(store, path, only=missing)
+    report.skipped = [name for name in shipped if name not in missing]
     return report
 
 

@@ -81,7 +81,16 @@ def rank_target(dataset: Dataset, library: SourceLibrary, encoder: Encoder, meth
         sample = dataset.subsample(options.max_rows, options.seed)
         target_labels(sample)  # an unlabelled or unsupported target fails before any embedding
         rows = TargetRows(dataset=sample, encoder=encoder, embed_options=options.embed_options(),
-                          store=library.store, checkpoint_dirs=tuple(checkpoint_dirs))
+                          store=library.store, checkpoint_dirs=tuple(checkpoint_dirs),
+                          target_hash=dataset.content_hash)
+        if cache is not None:
+            rows.features = cache.get_rows(dataset.content_hash, encoder.weights_hash, options.options_hash)
+        if rows.features is None:
+            if on_stage is not None:
+                on_stage("embedding the target's rows")
+            features = rows.base_features()
+            if cache is not None:
+                cache.put_rows(dataset.content_hash, encoder.weights_hash, options.options_hash, features)
     targets = target_embeddings(dataset, encoder, method, options, cache=cache, on_progress=on_progress,
                                 on_stage=on_stage)
     if on_stage is not None:

@@ -100,7 +100,13 @@ class SourceLibrary:
         for m, result in parts.items():
             if result.method != m:
                 raise LibraryError(f"targets[{m!r}] is a {result.method!r} embedding")
-        target = self._target(parts)
+        if parts:
+            target = self._target(parts)
+        elif rows is not None:  # a method that reads only the target's rows
+            target = RankingTarget(name=rows.dataset.name, hash=rows.target_hash or exclude_hash or "",
+                                   task_type=rows.dataset.task_type.value)
+        else:
+            raise LibraryError(f"ranking by {method} needs the target's embeddings or rows")
 
         version = self.store.version()
         excluded = {h.lower() for h in (target.hash, exclude_hash) if h}
@@ -133,7 +139,7 @@ class SourceLibrary:
             )
             for e in entries[:top_k]
         ]
-        model_names = sorted({r.model_name for r in parts.values()})
+        model_names = sorted({r.model_name for r in parts.values()} or ({rows.encoder.name} if rows else set()))
         return Ranking(
             method=method,
             model_name=",".join(model_names),

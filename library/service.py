@@ -21,7 +21,7 @@ from library.bundle import ImportReport, ensure_default_library
 from library.errors import LibraryError
 from library.evaluation import TransferTable, evaluate
 from library.index import DEFAULT_SIMILARITY, IndexKind, Similarity
-from library.methods import DEFAULT_METHOD, RANKING_METHODS
+from library.methods import DEFAULT_METHOD, RANKING_METHODS, TargetRows
 from library.pipeline import rank_target
 from library.ranking import Ranking, SourceLibrary
 from library.settings import Settings
@@ -41,6 +41,7 @@ class LibraryService:
     similarity: Similarity = DEFAULT_SIMILARITY
     cache_dir: Path | None = None  # the target-embedding cache; None: embed every time
     checkpoint_dirs: tuple[Path, ...] = ()  # fine-tuned source encoders (exact LogME)
+    source_data_dir: Path | None = None  # the sources' task folders (evaluation reads targets' rows there)
     default_import: ImportReport | None = None
     _library: SourceLibrary | None = field(default=None, repr=False)
     _encoder: Encoder | None = field(default=None, repr=False)
@@ -62,6 +63,7 @@ class LibraryService:
             similarity=settings.similarity,
             cache_dir=settings.paths.embeddings,
             checkpoint_dirs=(settings.paths.checkpoints,),
+            source_data_dir=settings.paths.source_data_root(settings.shared_data_dir),
         )
         if ensure_default:
             service.default_import = ensure_default_library(store)
@@ -115,7 +117,20 @@ class LibraryService:
     def evaluate(
         self, table: TransferTable, methods: Sequence[str] | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        return evaluate_transfer_table(self.library, table, methods, **kwargs)
+        return evaluate_transfer_table(self.library, table, methods, rows_for=self.target_rows, **kwargs)
+
+    def target_rows(self, name: str) -> TargetRows | None:
+        """A library task's labelled training rows (the library's cap and seed), from its task folder."""
+        if self.source_data_dir is None or not (self.source_data_dir / name / "task.json").is_file():
+            return None
+        from embeddings.data import LoadLimits, load_dataset
+        from library.pipeline import ranking_options
+
+        options = ranking_options(self.store, self.encoder, self.token_budget)
+        dataset = load_dataset(self.source_data_dir / name, limits=LoadLimits(max_rows=10**7))
+        return TargetRows(dataset=dataset.subsample(options.max_rows, options.seed), encoder=self.encoder,
+                          embed_options=options.embed_options(), store=self.store,
+                          checkpoint_dirs=self.checkpoint_dirs)
 
 
 def stored_targets(store: LibraryStore, task: SourceTask) -> dict[str, EmbeddingResult]:
@@ -148,9 +163,14 @@ def evaluate_transfer_table(
     library: SourceLibrary,
     table: TransferTable,
     methods: Sequence[str] | None = None,
+    rows_for: Callable[[str], TargetRows | None] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Rank, for every target of the table, the sources measured for it, with each method; then score.
+
+    Methods that read the target's labelled rows (LogME, ESM-LogME) get them from `rows_for(target)`;
+    a method that cannot rank some target (no rows, no maps, no checkpoints) is left out of the
+    scores and listed under "skipped_methods" with the reason, rather than failing the evaluation.
 
     Targets must be library tasks (their stored embeddings are the query). All classes are ranked
     (the table decides which sources count); the target itself is excluded by its data hash. Measured
@@ -168,21 +188,34 @@ def evaluate_transfer_table(
         )
     rankings: dict[str, dict[str, list[str]]] = {m: {} for m in methods}
     missing: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
     for target in table.targets():
         stored = stored_targets(store, tasks[target])
         for method in methods:
-            needed = RANKING_METHODS.get(method).needs
+            if method in skipped:
+                continue
+            spec = RANKING_METHODS.get(method)
+            needed = spec.needs
             if any(m not in stored for m in needed):
                 raise LibraryError(f"library task {target!r} has no {', '.join(needed)} embeddings")
-            ranking = library.rank(
-                {m: stored[m] for m in needed}, method, top_k=max(len(tasks), 1), all_class=True
-            )
+            rows = rows_for(target) if spec.needs_rows and rows_for is not None else None
+            try:
+                ranking = library.rank({m: stored[m] for m in needed}, method, top_k=max(len(tasks), 1),
+                                       all_class=True, rows=rows)
+            except LibraryError as exc:
+                if not spec.needs_rows:
+                    raise
+                skipped[method] = f"{target}: {exc}"
+                continue
             rankings[method][target] = ranking.names()
         gone = [s for s in table.sources(target) if s not in tasks]
         if gone:
             missing[target] = gone
     sizes: Mapping[str, int] = {name: t.num_train for name, t in tasks.items()}
+    for method in skipped:
+        rankings.pop(method, None)
     result = evaluate(table, rankings, source_sizes=sizes, **kwargs)
+    result["skipped_methods"] = skipped
     result["missing_sources"] = missing
     result["library_version"] = store.version()
     return result

@@ -6,7 +6,6 @@ nothing below `app/` ever imports `app`. `DataPaths` owns the data directory's l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,58 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from library.index import DEFAULT_SIMILARITY, Similarity
-
-
-@dataclass(frozen=True)
-class DataPaths:
-    """Where everything under the data directory lives: the one place that spells out its layout."""
-
-    root: Path
-
-    @property
-    def datasets(self) -> Path:
-        """Uploaded files, content-addressed by their sha256."""
-        return self.root / "datasets"
-
-    @property
-    def embeddings(self) -> Path:
-        """Cached target embeddings (see `library.target_cache`)."""
-        return self.root / "embeddings"
-
-    @property
-    def checkpoints(self) -> Path:
-        """Fine-tuned source encoders, keyed by data, model and regime (`embeddings.transfer`)."""
-        return self.root / "checkpoints"
-
-    @property
-    def indexes(self) -> Path:
-        """FAISS indexes over the library's vectors."""
-        return self.root / "indexes"
-
-    @property
-    def transfer_runs(self) -> Path:
-        """Resumable checkpoints of running transfer jobs."""
-        return self.root / "transfer_runs"
-
-    @property
-    def sources(self) -> Path:
-        """An operator's task folders for library sources (the service's source training data)."""
-        return self.root / "sources"
-
-    @property
-    def database(self) -> Path:
-        return self.root / "taskrank.db"
-
-    @property
-    def broker(self) -> Path:
-        return self.root / "broker.sqlite"
-
-    def source_data_root(self, fallback: Path | None = None) -> Path | None:
-        """`sources/` when it exists, else `fallback` (the checkout's `../shared/data`) when it does."""
-        for root in (self.sources, fallback):
-            if root is not None and root.is_dir():
-                return root.resolve()
-        return None
+from library.paths import DataPaths
 
 
 class Settings(BaseSettings):
@@ -100,6 +48,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
     broker_url: str | None = Field(None, description="Celery broker; default an embedded SQLite broker in data_dir.")
     api_keys: str | None = Field(None, description="Comma-separated API keys; when set, writes need a Bearer key.")
+    admin_keys: str | None = Field(
+        None, description="Comma-separated admin keys. With keys configured, the shared library's writes (add, "
+                          "delete, restore the shipped sources) need one of these (403 for any other key); an "
+                          "admin key is also a valid API key.")
     auth_reads: bool = Field(False, description="With API keys: reads need a key too.")
     per_key_ownership: bool = Field(False, description="With API keys: a key sees only its own datasets and jobs.")
     host: str = Field("127.0.0.1", description="Address `taskrank serve` binds.")
@@ -140,7 +92,12 @@ class Settings(BaseSettings):
 
     @property
     def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in (self.api_keys or "").split(",") if k.strip())
+        """Every key that may call the API: the API keys and the admin keys."""
+        return frozenset(k.strip() for k in f"{self.api_keys or ''},{self.admin_keys or ''}".split(",") if k.strip())
+
+    @property
+    def admin_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in (self.admin_keys or "").split(",") if k.strip())
 
 
 @lru_cache

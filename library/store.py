@@ -42,6 +42,7 @@ from embeddings.registry import EMBEDDING_METHODS as EMBEDDING_METHOD_SPECS
 from embeddings.result import EmbeddingResult
 from embeddings.task_types import TASK_TYPE_NAMES
 from library.errors import LibraryError
+from library.paths import DataPaths
 
 TASK_TYPES = TASK_TYPE_NAMES
 EMBEDDING_METHODS = tuple(EMBEDDING_METHOD_SPECS)
@@ -215,7 +216,7 @@ def normalize_database_url(url: str) -> str:
 
 
 def default_database_url(data_dir: str | Path) -> str:
-    return f"sqlite:///{(Path(data_dir) / 'taskrank.db').resolve()}"
+    return f"sqlite:///{DataPaths(Path(data_dir)).database.resolve()}"
 
 
 def _task(row: SourceTaskRow) -> SourceTask:

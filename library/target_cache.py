@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from embeddings.result import EmbeddingResult
 
 
@@ -46,6 +48,27 @@ class TargetEmbeddingCache:
     def put(self, result: EmbeddingResult, options_hash: str) -> Path:
         path = self.path(result.dataset_hash, result.model_hash, result.method, options_hash)
         result.save(path)
+        return path
+
+    def get_rows(self, dataset_hash: str, model_hash: str, options_hash: str) -> np.ndarray | None:
+        """The target's per-row pooled embeddings (what LogME-based methods score), when cached."""
+        path = self.path(dataset_hash, model_hash, "rows", options_hash).with_suffix(".rows.npy")
+        if path.is_file():
+            try:
+                rows = np.load(path, allow_pickle=False)
+                self.hits += 1
+                return rows
+            except (OSError, ValueError):
+                pass
+        self.misses += 1
+        return None
+
+    def put_rows(self, dataset_hash: str, model_hash: str, options_hash: str, rows: np.ndarray) -> Path:
+        path = self.path(dataset_hash, model_hash, "rows", options_hash).with_suffix(".rows.npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, np.asarray(rows, dtype=np.float32), allow_pickle=False)
+        tmp.replace(path)
         return path
 
     def find(self, dataset_hash: str, method: str, model_hash: str | None = None,
@@ -93,7 +116,7 @@ class TargetEmbeddingCache:
 def target_cache_path(data_dir: str | Path, dataset_hash: str, model_hash: str, method: str,
                       options_hash: str) -> Path:
     """Where a target's embedding is cached under the data directory `data_dir`."""
-    from library.settings import DataPaths
+    from library.paths import DataPaths
 
     return TargetEmbeddingCache(DataPaths(Path(data_dir)).embeddings).path(dataset_hash, model_hash, method,
                                                                            options_hash)
@@ -102,7 +125,7 @@ def target_cache_path(data_dir: str | Path, dataset_hash: str, model_hash: str, 
 def find_target_embedding(data_dir: str | Path, dataset_hash: str, method: str,
                           model_hash: str | None = None, options_hash: str | None = None) -> EmbeddingResult | None:
     """`TargetEmbeddingCache.find` under the data directory `data_dir`."""
-    from library.settings import DataPaths
+    from library.paths import DataPaths
 
     return TargetEmbeddingCache(DataPaths(Path(data_dir)).embeddings).find(dataset_hash, method, model_hash,
                                                                            options_hash)

@@ -77,6 +77,16 @@ class TargetRows:
     embed_options: Any  # embeddings.options.EmbedOptions
     store: Any  # library.store.LibraryStore
     checkpoint_dirs: tuple[Any, ...] = ()
+    target_hash: str = ""  # the full dataset's content hash (the rows are a subsample of it)
+    features: Any = None  # np.ndarray (rows, H): the base encoder's pooled rows, when already computed
+
+    def base_features(self) -> Any:
+        """The base encoder's pooled rows (SEmb's pooling), computed once."""
+        if self.features is None:
+            from embeddings.esm import pooled_embeddings
+
+            self.features = pooled_embeddings(self.dataset, self.encoder, None, self.embed_options)
+        return self.features
 
 
 @dataclass

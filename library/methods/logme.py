@@ -28,11 +28,10 @@ BUILD_HINT = ("build them with `taskrank library build-esm` (it needs the source
 
 def _target(rows: TargetRows) -> tuple[np.ndarray, np.ndarray, bool, Any]:
     """The target's base pooled rows (the library's row cap and seed), its labels, and the sample."""
-    from embeddings.esm import pooled_embeddings
     from library.esm import target_labels
 
     labels, regression = target_labels(rows.dataset)
-    features = pooled_embeddings(rows.dataset, rows.encoder, None, rows.embed_options)
+    features = rows.base_features()
     if len(features) != len(labels):
         raise LibraryError("the target's rows and labels disagree in number (long rows split into windows?)")
     return features, labels, regression, rows.dataset
@@ -55,7 +54,10 @@ def _entries(ctx: RankContext, maps: list[Any], scores: np.ndarray, method: str)
             details[method]["esm_r2"] = float(m.info.get("r2_heldout", math.nan))
         entries.append(Entry(task=ctx.eligible[m.task_id], score=float(score), similarity=float(score),
                              details=details))
-    return assign_ranks(entries)
+    ranked = assign_ranks(entries)
+    for entry in ranked:  # the shape every ranking's details share (pages, CSV export): rank and similarity
+        entry.details[method].update(rank=entry.rank, similarity=entry.score)
+    return ranked
 
 
 def _rank_esm_logme(ctx: RankContext) -> list[Entry]:
@@ -114,12 +116,12 @@ ESM_LOGME = RankingMethod(
     name="esm_logme", label="ESM-LogME",
     description="how well the target's labels are explained after each source's fine-tuning, "
                 "approximated by the source's embedding space map (Schulte et al. 2024)",
-    needs=("semb",), rank=_rank_esm_logme, explain=_explain, score_label="LogME evidence", map_basis="semb",
+    needs=(), rank=_rank_esm_logme, explain=_explain, score_label="LogME evidence", map_basis="semb",
     needs_rows=True)
 
 LOGME = RankingMethod(
     name="logme", label="LogME",
     description="how well the target's labels are explained by each fine-tuned source encoder's features "
                 "(You et al. 2021; one forward pass per source)",
-    needs=("semb",), rank=_rank_logme, explain=_explain, score_label="LogME evidence", map_basis="semb",
+    needs=(), rank=_rank_logme, explain=_explain, score_label="LogME evidence", map_basis="semb",
     needs_rows=True)
