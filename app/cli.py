@@ -8,8 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.cli_common import library_service, load_target, progress_bar
+from app.cli_common import column_map, library_service, load_target, progress_bar
 from library.settings import Settings, get_settings
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 seed`, `3 seeds`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
@@ -113,12 +118,16 @@ def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
     target = load_target(args, settings)
     limits = LoadLimits(max_rows=settings.max_rows, max_text_chars=settings.max_text_chars)
     target_path = Path(args.path)
-    if args.dev:
-        dev = load_dataset(args.dev, task_type=target.task_type, limits=limits)
+    if args.dev:  # the same column mapping as the target's
+        dev = load_dataset(args.dev, task_type=target.task_type, column_map=column_map(args.columns), limits=limits)
     elif target_path.is_dir():
         dev = load_dataset(target_path, split="dev", limits=limits)
-    else:
-        raise ValueError("a target file needs --dev DEV_FILE (a task folder uses its dev split)")
+    else:  # as the API does: a deterministic 20% of the target held out (per label for classification)
+        from embeddings.splits import DEV_FRACTION, hold_out_dev
+
+        target, dev = hold_out_dev(target, args.seed, hint="give --dev DEV_FILE")
+        print(f"dev: {len(dev)} of {len(dev) + len(target)} rows held out ({DEV_FRACTION:.0%}; no --dev given)",
+              file=sys.stderr)
     data_dir = Path(args.data_dir)
     scores: list[float] | None = None
     if args.sources:
@@ -155,7 +164,7 @@ def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
         return 0
-    print(f"{report.target}: {report.main_metric} on dev, {len(options.seeds)} seeds")
+    print(f"{report.target}: {report.main_metric} on dev, {plural(len(options.seeds), 'seed')}")
     print(f"  {'no transfer (baseline)':<28} {report.baseline_mean:7.2f} ± {report.baseline_std:.2f}")
     for outcome in sorted(report.sources, key=lambda o: -o.mean):
         print(f"  {outcome.source:<28} {outcome.mean:7.2f} ± {outcome.std:.2f}   gain {outcome.gain:+.2f} "
@@ -188,7 +197,7 @@ def _multi_source(args: argparse.Namespace, settings: Settings, target: Any, dev
         print(json.dumps(report.to_dict(), indent=2, default=str))
         return 0
     print(f"{report.target}: {report.method} over {', '.join(report.sources)}; {report.main_metric} on dev, "
-          f"{len(options.seeds)} seeds")
+          f"{plural(len(options.seeds), 'seed')}")
     print(f"  {report.method:<28} {report.mean:7.2f} ± {report.std:.2f}   "
           f"{report.trained_parameters:,} trained parameters ({report.method_parameters:,} without heads)")
     if report.single_adapter_scores:
@@ -323,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, help="transfer from the library's top-K sources for the target")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=RANKING_METHODS.names())
     p.add_argument("--all-class", action="store_true")
-    p.add_argument("--dev", help="target dev file (a task folder uses its dev split)")
+    p.add_argument("--dev", help="target dev file, read with --columns (a task folder uses its dev split; a "
+                                 "file without --dev holds out 20%% of its rows, as the API does)")
     p.add_argument("--data-dir", default="../shared/data", help="where source task folders live")
     p.add_argument("--model")
     p.add_argument("--epochs", type=float, default=3.0)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from app.cli_common import echo, library_errors, library_service, load_target, progress_bar, text_table
@@ -175,10 +176,24 @@ def cmd_library_remove(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_library_restore_default(args: argparse.Namespace, settings: Settings) -> int:
+    """Import again the shipped sources the library is missing (after `library remove`)."""
+    from library.bundle import restore_default_library
+
+    with library_service(settings) as service:
+        report = restore_default_library(service.store)
+        if report.added:
+            service.library.indexes.sync()
+    if report.added:
+        echo(f"restored {len(report.added)} shipped source task{'s' if len(report.added) != 1 else ''}: "
+             f"{', '.join(report.added)}; library {report.library_version}")
+    else:
+        echo(f"nothing to restore: the library has all {len(report.skipped)} shipped source tasks")
+    return 0
+
+
 def cmd_library_build_esm(args: argparse.Namespace, settings: Settings) -> int:
     """ESMs from the cached practitioner-regime checkpoints; trains nothing (says what is missing)."""
-    from pathlib import Path
-
     from embeddings.encoders import set_threads
     from library.esm import build_esms
     from library.pipeline import ranking_options
@@ -192,6 +207,10 @@ def cmd_library_build_esm(args: argparse.Namespace, settings: Settings) -> int:
         with progress_bar("fitting ESMs") as on_progress:
             report = build_esms(service.store, data_dir, service.encoder, dirs, options.embed_options(), only=only,
                                 on_progress=on_progress)
+        if args.bundle:
+            from library.bundle import write_bundle_maps
+
+            echo(f"wrote {write_bundle_maps(service.store, args.bundle)} maps into {args.bundle}", err=True)
     for name, info in report.built.items():
         echo(f"{name:<24} ESM fitted on {info['rows']} rows, held-out R^2 {info['r2_heldout']:.3f} "
              f"({info['seconds']:.0f} s)")
@@ -206,6 +225,19 @@ def cmd_library_build_esm(args: argparse.Namespace, settings: Settings) -> int:
         echo(f"no source regime for these task types yet (ESMs need classification or regression): "
              f"{', '.join(report.unsupported)}", err=True)
     return 0
+
+
+def _esms_after_build(service: Any, data_dir: Path, settings: Settings, options: Any, only: list[str] | None) -> None:
+    """The build also fits ESMs where fine-tuned source checkpoints are cached (it never trains them)."""
+    from library.esm import build_esms
+
+    report = build_esms(service.store, data_dir, service.encoder, [settings.paths.checkpoints],
+                        options.embed_options(), only=only)
+    if report.built:
+        echo(f"fitted ESMs for {', '.join(report.built)}", err=True)
+    if report.missing_checkpoint:
+        echo(f"no ESM for {len(report.missing_checkpoint)} source(s) without a fine-tuned checkpoint in "
+             f"{settings.paths.checkpoints} (`taskrank library build-esm` after training them)", err=True)
 
 
 def cmd_library_build(args: argparse.Namespace, settings: Settings) -> int:
@@ -247,6 +279,7 @@ def cmd_library_build(args: argparse.Namespace, settings: Settings) -> int:
                 on_task_progress=on_task_progress,
             )
         service.library.indexes.sync()
+        _esms_after_build(service, Path(args.data_dir), settings, options, only)
     if args.json:
         echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -361,6 +394,9 @@ def register(
     p.add_argument("name")
     p.set_defaults(func=library_errors(cmd_library_remove))
 
+    p = lsub.add_parser("restore-default", help="import again the shipped source tasks the library is missing")
+    p.set_defaults(func=library_errors(cmd_library_restore_default))
+
     p = lsub.add_parser("build", help="embed every task folder of a data directory (resumable)")
     p.add_argument("data_dir", help="directory of task folders (each with task.json, train.jsonl)")
     p.add_argument("--only", help="comma-separated task folder names")
@@ -377,6 +413,7 @@ def register(
     p.add_argument("--checkpoints", action="append",
                    help="directory of fine-tuned source checkpoints (repeatable; default DATA_DIR/checkpoints)")
     p.add_argument("--only", help="comma-separated source names")
+    p.add_argument("--bundle", help="also write the maps into this exported library (e.g. library/default)")
     p.set_defaults(func=library_errors(cmd_library_build_esm))
 
     p = lsub.add_parser("export", help="write the library to a directory (manifest.json + vectors.npz)")

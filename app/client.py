@@ -18,12 +18,26 @@ import httpx
 
 
 class TaskrankError(RuntimeError):
-    """An error answered by the service, with its message (and file/line/field for bad data)."""
+    """An error answered by the service, with the fields of its RFC 9457 problem details: `status`, `type`,
+    `title`, `detail` (the message), `file`, `line`, `column` and `field` where bad data is wrong, and
+    `errors` (every issue) for a request that fails its schema. `problem` is the whole answer."""
 
-    def __init__(self, status: int, detail: Any) -> None:
-        self.status, self.detail = status, detail
-        message = detail.get("message") if isinstance(detail, dict) else detail
-        super().__init__(f"HTTP {status}: {message}")
+    def __init__(self, status: int, problem: Mapping[str, Any] | str | None) -> None:
+        body: dict[str, Any] = dict(problem) if isinstance(problem, Mapping) else {"detail": problem or ""}
+        self.problem = body
+        self.status = status
+        self.type: str = body.get("type", "about:blank")
+        self.title: str | None = body.get("title")
+        self.detail: str = str(body.get("detail") or body.get("title") or f"HTTP {status}")
+        self.file: str | None = body.get("file")
+        self.line: int | None = body.get("line")
+        self.column: int | None = body.get("column")
+        self.field: str | None = body.get("field")
+        self.errors: list[dict[str, Any]] | None = body.get("errors")
+        where = [f"file {self.file}" if self.file else "", f"line {self.line}" if self.line else "",
+                 f"column {self.column}" if self.column else "", f"field {self.field!r}" if self.field else ""]
+        where_text = ", ".join(w for w in where if w)
+        super().__init__(f"HTTP {status}: {self.detail}" + (f" ({where_text})" if where_text else ""))
 
 
 class TaskrankClient:
@@ -43,10 +57,10 @@ class TaskrankClient:
     def _check(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             try:
-                detail = response.json().get("detail")
+                problem = response.json()
             except ValueError:
-                detail = response.text
-            raise TaskrankError(response.status_code, detail)
+                problem = response.text
+            raise TaskrankError(response.status_code, problem if isinstance(problem, dict) else str(problem))
         return response.json() if response.content else None
 
     # datasets ---------------------------------------------------------------------------------
@@ -104,7 +118,8 @@ class TaskrankClient:
                     bar.refresh()
                 if job["state"] in ("succeeded", "failed", "cancelled"):
                     if job["state"] != "succeeded":
-                        raise TaskrankError(200, {"message": f"job {job['state']}: {job.get('error')}"})
+                        raise TaskrankError(200, {"title": f"Job {job['state']}",
+                                                  "detail": f"job {job['state']}: {job.get('error')}"})
                     return job
                 if timeout is not None and time.monotonic() - started > timeout:
                     raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
@@ -113,9 +128,28 @@ class TaskrankClient:
             if bar is not None:
                 bar.close()
 
+    def methods(self) -> list[str] | None:
+        """The service's ranking methods (the `RankingCreate.method` enum of its OpenAPI document), asked once;
+        None when the document does not say."""
+        if not hasattr(self, "_methods"):
+            try:
+                schema = self._check(self.http.get("/openapi.json"))
+                enum = schema["components"]["schemas"]["RankingCreate"]["properties"]["method"].get("enum")
+            except (TaskrankError, KeyError, TypeError, ValueError):
+                enum = None
+            self._methods: list[str] | None = list(enum) if enum else None
+        return self._methods
+
+    def check_method(self, method: str | None) -> None:
+        """Refuse a method the service does not have, before anything is uploaded (ValueError)."""
+        known = self.methods() if method is not None else None
+        if known is not None and method not in known:
+            raise ValueError(f"unknown ranking method {method!r}; the service has {', '.join(known)}")
+
     def request_ranking(self, dataset_id: str, method: str | None = None, top_k: int = 10,
                         all_class: bool = False) -> dict[str, Any]:
-        """`method`: a ranking method of the service (`GET /openapi.json` lists them); None: its default."""
+        """`method`: a ranking method of the service (`methods()` lists them); None: its default."""
+        self.check_method(method)
         body = {"dataset_id": dataset_id, "top_k": top_k, "all_class": all_class}
         if method is not None:
             body["method"] = method
@@ -126,8 +160,19 @@ class TaskrankClient:
 
     def rank(self, data: Any, method: str | None = None, top_k: int = 10, all_class: bool = False,
              *, timeout: float | None = None, progress: bool = True, **upload: Any):  # -> pandas.DataFrame
-        """Upload (unless given a dataset id), rank, wait, and return the ranked sources as a DataFrame."""
-        dataset_id = data if isinstance(data, str) and not Path(data).exists() else self.upload(data, **upload)["id"]
+        """Upload (unless given a dataset id), rank, wait, and return the ranked sources as a DataFrame.
+
+        A string is a file path when such a file exists; one that looks like a path (a data file suffix such
+        as .csv, or a path separator) but does not exist raises FileNotFoundError; any other string is taken
+        as the id of an uploaded dataset. An unknown `method` raises ValueError before anything is uploaded."""
+        self.check_method(method)
+        if isinstance(data, str | Path) and not Path(data).exists():
+            if isinstance(data, Path) or looks_like_path(data):
+                raise FileNotFoundError(f"{str(data)!r} does not exist (a file was expected: give an existing "
+                                        "path, or a dataset id)")
+            dataset_id = str(data)
+        else:
+            dataset_id = self.upload(data, **upload)["id"]
         submitted = self.request_ranking(dataset_id, method, top_k, all_class)
         if submitted["state"] != "succeeded":
             self.wait(submitted["job_id"], timeout=timeout, progress=progress)
@@ -150,6 +195,14 @@ def ranking_frame(ranking: Mapping[str, Any]):  # -> pandas.DataFrame
             row[f"rank_{part}"] = info.get("rank")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+DATA_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".json", ".conll", ".iob", ".bio", ".txt")
+
+
+def looks_like_path(text: str) -> bool:
+    """A data file's suffix or a path separator: meant as a file, never a dataset id (ids are hex)."""
+    return text.lower().endswith(DATA_SUFFIXES) or "/" in text or "\\" in text or text.startswith("~")
 
 
 def default_name(data: Any, content: bytes) -> str:

@@ -68,7 +68,21 @@ def reader(request: Request, settings: SettingsDep) -> str | None:
     return _key_owner(request, settings, required=settings.auth_reads or settings.per_key_ownership)
 
 
+def admin(request: Request, settings: SettingsDep) -> str | None:
+    """Writes to the shared library: with keys configured, an admin key (TASKRANK_ADMIN_KEYS); 401 without a
+    valid key, 403 with a key that is not an admin's. Returns the owner id like `writer`."""
+    owner = _key_owner(request, settings, required=True)
+    if not settings.api_key_set:
+        return owner  # no keys configured: the service is open, as for every other write
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    if not any(secrets.compare_digest(token, k) for k in settings.admin_key_set):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "changing the shared library needs an admin key "
+                                                       "(TASKRANK_ADMIN_KEYS)")
+    return owner
+
+
 Writer = Annotated[str | None, Depends(writer)]
+Admin = Annotated[str | None, Depends(admin)]
 Reader = Annotated[str | None, Depends(reader)]
 
 

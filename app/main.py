@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import deps
+from app import deps, problems
+from app.problems import PROBLEM_MEDIA_TYPE, problem_body, problem_response
 from app.routes import datasets, health, jobs, library, pages, rankings, transfer_pages, transfers
 from embeddings import __version__
 from library.errors import LibraryError
@@ -111,10 +113,10 @@ class _TooLarge(Exception):
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = (b'{"detail":{"message":"request body is larger than the ' + str(limit).encode()
-            + b' byte limit (TASKRANK_MAX_UPLOAD_BYTES)"}}')
+    body = json.dumps(problem_body(413, f"request body is larger than the {limit} byte limit "
+                                        "(TASKRANK_MAX_UPLOAD_BYTES)")).encode()
     await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"connection", b"close"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
@@ -136,12 +138,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             resources.close()
 
-    from app.schemas import ErrorResponse
+    from app.schemas import Problem
 
-    common = {400: {"model": ErrorResponse, "description": "Malformed request body"},
-              503: {"model": ErrorResponse, "description": "Database or job queue briefly unavailable"}}
+    common = {400: {"model": Problem, "description": "Malformed request body"},
+              503: {"model": Problem, "description": "Database or job queue briefly unavailable"}}
     if settings.api_key_set:
-        common[401] = {"model": ErrorResponse, "description": "Missing or invalid API key"}
+        common[401] = {"model": Problem, "description": "Missing or invalid API key"}
     # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, never from a CDN
     app = FastAPIOffline(title="taskrank", version=__version__, lifespan=lifespan, responses=common,
                          static_url="/docs-static", favicon_url="/static/favicon.svg",
@@ -154,26 +156,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
 
+    problems.install(app)  # every 4xx and 5xx as RFC 9457 problem details, declared in the OpenAPI schema
+
     @app.exception_handler(OperationalError)
-    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
         log.warning("database unavailable: %s", exc)
-        return JSONResponse({"detail": {"message": "the database is unavailable; try again shortly"}},
-                            status_code=503, headers={"Retry-After": "5"})
+        return problem_response(request, 503, "the database is unavailable; try again shortly",
+                                headers={"Retry-After": "5"})
 
     @app.exception_handler(DBAPIError)
-    async def database_error(_: Request, exc: DBAPIError) -> JSONResponse:
+    async def database_error(request: Request, exc: DBAPIError) -> Response:
         if exc.connection_invalidated:
-            return await database_unavailable(_, exc)
+            return await database_unavailable(request, exc)
         raise exc
 
     @app.exception_handler(BrokerUnavailable)
-    async def broker_unavailable(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": {"message": "the job queue is unavailable; try again shortly"}},
-                            status_code=503, headers={"Retry-After": "5"})
+    async def broker_unavailable(request: Request, exc: Exception) -> Response:
+        return problem_response(request, 503, "the job queue is unavailable; try again shortly",
+                                headers={"Retry-After": "5"})
 
     @app.exception_handler(LibraryError)
-    async def library_error(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": {"message": str(exc)}}, status_code=422)
+    async def library_error(request: Request, exc: Exception) -> Response:
+        return problem_response(request, 422, str(exc))
 
     return app
 

@@ -101,7 +101,23 @@ def breakable(value: str) -> Markup:
     return Markup(re.sub(r"([._])", r"\1<wbr>", str(escape(value))))
 
 
+def fmt_signed(value: float | None, decimals: int = 2) -> str:
+    """`+1.25`, `-0.40`, and `0.00` for anything that rounds to zero (never a `-0.00`)."""
+    if value is None:
+        return "–"
+    rounded = round(float(value), decimals)
+    return f"{0.0:.{decimals}f}" if rounded == 0 else f"{rounded:+.{decimals}f}"
+
+
+def gain_class(value: float | None, decimals: int = 2) -> str:
+    """The CSS class of a gain as shown: a gain that rounds to zero is neither a gain nor a loss."""
+    rounded = 0.0 if value is None else round(float(value), decimals)
+    return "gain-pos" if rounded > 0 else "gain-neg" if rounded < 0 else "gain-zero"
+
+
 templates.env.filters["duration"] = fmt_duration
+templates.env.filters["signed"] = fmt_signed
+templates.env.filters["gain_class"] = gain_class
 templates.env.filters["when"] = fmt_time
 templates.env.filters["thousands"] = fmt_int
 templates.env.filters["breakable"] = breakable

@@ -31,27 +31,27 @@ RankMethod = Annotated[str, AfterValidator(_registered_method), Field(json_schem
 JobStateName = JobState
 
 
-class ErrorDetail(BaseModel):
-    message: str
-    file: str | None = None
-    line: int | None = None
-    column: int | None = None
-    field: str | None = None
-
-
 class ValidationIssue(BaseModel):
-    """One item of FastAPI's request-validation error (a 422 for a body or query that fails its schema)."""
+    """One way a request failed its schema (a 422's `errors`)."""
 
-    model_config = ConfigDict(extra="allow")
-    loc: list[str | int]
+    loc: list[str | int] = Field(..., description="Where: body, query or path, then the field's path.")
     msg: str
     type: str
 
 
-class ErrorResponse(BaseModel):
-    """Our errors carry a message (with file/line/field for bad data); schema violations list their issues."""
+class Problem(BaseModel):
+    """Every 4xx and 5xx answer: RFC 9457 problem details, served as `application/problem+json`."""
 
-    detail: ErrorDetail | str | list[ValidationIssue]
+    type: str = Field("about:blank", description="A URI for the kind of problem; about:blank: the status says it.")
+    title: str = Field(..., description="The status code's phrase, e.g. 'Unprocessable Content'.")
+    status: int = Field(..., ge=400, le=599)
+    detail: str = Field(..., description="What went wrong, readable.")
+    instance: str | None = None
+    file: str | None = Field(None, description="Bad data: the uploaded file's name.")
+    line: int | None = Field(None, description="Bad data: the line (1-based).")
+    column: int | None = Field(None, description="Bad data: the column (1-based) or byte offset in the line.")
+    field: str | None = Field(None, description="The field, column or request member that is wrong.")
+    errors: list[ValidationIssue] | None = Field(None, description="A request that fails its schema: every issue.")
 
 
 class DatasetRows(BaseModel):
@@ -148,6 +148,12 @@ class SourceTaskPublic(BaseModel):
     data_hash: str
     provenance: dict[str, Any]
     created_at: datetime
+
+
+class LibraryRestorePublic(BaseModel):
+    added: list[str] = Field(..., description="Shipped sources imported again.")
+    skipped: list[str] = Field(..., description="Shipped sources the library already has.")
+    library_version: str
 
 
 class SourceTaskCreate(BaseModel):

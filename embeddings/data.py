@@ -225,8 +225,9 @@ def _length_stats(values: Iterable[int]) -> dict[str, float]:
     arr = np.asarray(list(values), dtype=np.float64)
     if arr.size == 0:
         return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0}
-    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": int(arr.max())}
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])  # interpolated: rounded, or p90 reads 34.10000000000002
+    return {"p50": round(float(p50), 1), "p90": round(float(p90), 1), "p99": round(float(p99), 1),
+            "max": int(arr.max())}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -604,7 +605,8 @@ def _csv_records(path: Path, ctx: _Ctx, delimiter: str = ",") -> Iterator[Record
 def _csv_columns(header: list[str], ctx: _Ctx, line: int) -> dict[str, int]:
     """Map our fields to column indexes (see the module docstring for the rule)."""
     resolved = _resolve_text_keys([h.strip() for h in header], ctx.column_map)
-    found = ", ".join(h.strip() for h in header)
+    shown = [_printable(h.strip()) for h in header[:30]]
+    found = ", ".join(shown) + (f", ... {len(header) - 30} more" if len(header) > 30 else "")
     for f in ("text", "text_pair", "label"):
         if resolved[f] is None and (f != "text_pair" or f in ctx.column_map):
             wanted = (f"column '{ctx.column_map[f]}' (column_map['{f}'])" if f in ctx.column_map
@@ -763,6 +765,8 @@ def _text_examples(records: Iterable[Record], ctx: _Ctx, task_type: TaskType | N
         examples.append(TextExample(text=text, text_pair=pair))
         raw_labels.append(label)
         seen.append(record)
+    if task_type is None:
+        _check_label_kinds(raw_labels, seen, ctx)
     task_type = task_type or _infer_text_task(raw_labels, ctx.numeric_strings)
     if task_type is TaskType.REGRESSION:
         for ex, label, record in zip(examples, raw_labels, seen, strict=True):
@@ -781,6 +785,45 @@ def _text_examples(records: Iterable[Record], ctx: _Ctx, task_type: TaskType | N
     return task_type, cast(list[Example], examples), list(known_labels) if known_labels else distinct
 
 
+def _label_kind(label: Any, numeric_strings: bool) -> str | None:
+    """'number' (a JSON number, or a CSV/TSV cell that parses as one), 'text', or None when either reading
+    fits (a boolean; a JSON string that looks like a number, as `"0"` beside `1`)."""
+    if isinstance(label, bool):
+        return None
+    if isinstance(label, int | float):
+        return "number"
+    try:
+        float(label)
+    except ValueError:
+        return "text"
+    return "number" if numeric_strings else None
+
+
+def _check_label_kinds(labels: list[Any], records: list[Record], ctx: _Ctx) -> None:
+    """Refuse labels that mix numbers and text when the task type is inferred.
+
+    `2.5, 3, neg, pos` would otherwise become a 4-class task (or, read as scores, fail on `neg`): no
+    reading of such a column is likely to be what was meant, so the loader says where the kinds meet
+    instead of guessing. An explicit task type decides: classification reads every label as a class name.
+    """
+    first: dict[str, tuple[Any, Record]] = {}
+    for label, record in zip(labels, records, strict=True):
+        kind = _label_kind(label, ctx.numeric_strings)
+        if kind is None or kind in first:
+            continue
+        first[kind] = (label, record)
+        if len(first) == 2:
+            kinds = {"number": "a number", "text": "text"}
+            other_kind = "number" if kind == "text" else "text"
+            other, other_record = first[other_kind]
+            where = f"line {other_record[0]}" if other_record[0] is not None else "an earlier row"
+            raise ctx.error(
+                f"mixed label types: {_show(label)} is {kinds[kind]} but {where} has {_show(other)}, "
+                f"{kinds[other_kind]}; labels must be all numbers (scores or numeric classes) or all text "
+                "(class names). Fix the labels, or set the task type (classification reads every label as a "
+                "class name)", line=record[0], field="label", where=record[1])
+
+
 def _regression_label(label: Any, record: Record, ctx: _Ctx) -> float:
     value: float | None = None
     if isinstance(label, int | float) and not isinstance(label, bool):
@@ -797,6 +840,13 @@ def _regression_label(label: Any, record: Record, ctx: _Ctx) -> float:
         raise ctx.error(f"regression label {_show(label)} is not a finite number", line=record[0],
                         field="label", where=record[1])
     return value
+
+
+def _printable(text: str, limit: int = 60) -> str:
+    """A column name fit for a message: control characters escaped (garbage input), long names cut."""
+    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"
+                   for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _show(value: Any) -> str:

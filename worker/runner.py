@@ -138,12 +138,11 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
     hash, model and options), so batches sharing a source train it once.
     """
     import math
-    import random
     import shutil
     from dataclasses import replace
 
-    from embeddings.data import TaskType
     from embeddings.finetune import fine_tune
+    from embeddings.splits import hold_out_dev
     from embeddings.transfer import source_checkpoint_path, source_encoder_state
 
     job = store.start_job(job_id, settings.job_stale_after)
@@ -170,21 +169,7 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
         if batch.dev_dataset_id:
             train, dev = target, stored(batch.dev_dataset_id, "dev")
         else:  # hold out 20%: per label for classification, so every dev label is seen in training
-            rng = random.Random(options.data_seed)
-            groups: dict[Any, list[int]] = {}
-            for i, example in enumerate(target.examples):
-                key = getattr(example, "label", None) if target.task_type == TaskType.CLASSIFICATION else None
-                groups.setdefault(key, []).append(i)
-            held: set[int] = set()
-            for members in groups.values():
-                held.update(rng.sample(members, round(0.2 * len(members)) if len(members) > 1 else 0))
-            if not held or len(held) == len(target):
-                raise ValueError(f"the target has {len(target)} rows: too few to hold out a dev split "
-                                 "(upload more, or give dev_dataset_id)")
-            kept = [e for i, e in enumerate(target.examples) if i not in held]
-            train = Dataset(target.name, target.task_type, kept, list(target.labels), target.source)
-            dev = Dataset(target.name, target.task_type, [target.examples[i] for i in sorted(held)],
-                          list(target.labels), target.source)
+            train, dev = hold_out_dev(target, options.data_seed)
         train = train.subsample(options.target_max_rows, options.data_seed)
         dev = dev.subsample(opts.dev_max_rows, options.data_seed)
         encoder = service.encoder

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import ValidationError
 
 from app.deps import JobsDep, Reader, SettingsDep, Writer, visible_dataset
-from app.schemas import DatasetCheck, DatasetPublic, DatasetRows, ErrorResponse
+from app.schemas import DatasetCheck, DatasetPublic, DatasetRows, Problem
 from app.uploads import StoredUpload, UploadTooLarge, display_name, error_detail, store_file, store_rows
 from embeddings.data import DatasetError
 from library.jobs import StoredDataset
@@ -76,8 +76,8 @@ def _bad(message: str, **where: Any) -> HTTPException:
 @router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=_UPLOAD_BODY,
              responses={200: {"model": DatasetPublic, "description": "The same content, name and owner were "
                                                                     "uploaded before: that record"},
-                        413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
-                        422: {"model": ErrorResponse}})
+                        413: {"model": Problem}, 415: {"model": Problem},
+                        422: {"model": Problem}})
 async def upload_dataset(request: Request, response: Response, settings: SettingsDep, jobs: JobsDep,
                          owner: Writer) -> DatasetPublic:
     """Upload a file (multipart field `file`) or post `{"rows": [...]}`; validated before anything is kept.
@@ -85,12 +85,12 @@ async def upload_dataset(request: Request, response: Response, settings: Setting
     Uploading the same content with the same name (and owner) again answers 200 with the existing record."""
     stored, filename, load_options = await _read_upload(request, settings, keep=True)
     dataset = stored.dataset
-    existing = jobs.find_dataset(file_sha256=stored.file_sha256, content_hash=dataset.content_hash,
-                                 name=dataset.name[:200], task_type=dataset.task_type.value, owner=owner)
-    if existing is not None:
-        response.status_code = status.HTTP_200_OK
-        return public(existing)
     try:
+        existing = jobs.find_dataset(file_sha256=stored.file_sha256, content_hash=dataset.content_hash,
+                                     name=dataset.name[:200], task_type=dataset.task_type.value, owner=owner)
+        if existing is not None:
+            response.status_code = status.HTTP_200_OK
+            return public(existing)
         return public(_record(jobs, stored, filename, owner, load_options))
     except Exception:
         stored.discard()  # the database refused the record: keep no file without one
@@ -98,8 +98,8 @@ async def upload_dataset(request: Request, response: Response, settings: Setting
 
 
 @router.post("/validate", response_model=DatasetCheck, openapi_extra=_UPLOAD_BODY,
-             responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
-                        422: {"model": ErrorResponse}})
+             responses={413: {"model": Problem}, 415: {"model": Problem},
+                        422: {"model": Problem}})
 async def validate_dataset(request: Request, settings: SettingsDep, owner: Writer) -> DatasetCheck:
     """What `POST /datasets` would store, described, with nothing stored (the upload form checks a chosen
     file with it and uploads only when the ranking starts)."""
@@ -169,12 +169,12 @@ def list_datasets(jobs: JobsDep, settings: SettingsDep, owner: Reader, limit: in
     return [public(r) for r in records]
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, responses={404: {"model": ErrorResponse}})
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses={404: {"model": Problem}})
 def get_dataset(dataset_id: str, jobs: JobsDep, settings: SettingsDep, owner: Reader) -> DatasetPublic:
     return public(visible_dataset(jobs, settings, owner, dataset_id))
 
 
-@router.delete("/{dataset_id}", status_code=204, responses={404: {"model": ErrorResponse}})
+@router.delete("/{dataset_id}", status_code=204, responses={404: {"model": Problem}})
 def delete_dataset(dataset_id: str, jobs: JobsDep, settings: SettingsDep, owner: Writer) -> Response:
     record = visible_dataset(jobs, settings, owner, dataset_id)
     jobs.delete_dataset(record.id)

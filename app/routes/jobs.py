@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import JobsDep, Reader, Services, SettingsDep, Writer, get_services, reader, visible, writer
-from app.schemas import ErrorResponse, JobPublic, JobStateName
+from app.schemas import JobPublic, JobStateName, Problem
 from library.jobs import Job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -73,7 +73,7 @@ def list_jobs(jobs: JobsDep, settings: SettingsDep, owner: Reader, state: JobSta
     return [job_public(j) for j in found]
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
+@router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": Problem}})
 async def get_job(job_id: str, request: Request, response: Response, owner: ReaderInline) -> JobPublic:
     started = time.perf_counter()  # polled by every client while its job runs: see reader_inline
     services = get_services(request)
@@ -82,7 +82,7 @@ async def get_job(job_id: str, request: Request, response: Response, owner: Read
     return job_public(job)
 
 
-@router.delete("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
+@router.delete("/{job_id}", response_model=JobPublic, responses={404: {"model": Problem}})
 def cancel_job(job_id: str, jobs: JobsDep, settings: SettingsDep, owner: Writer) -> JobPublic:
     """Queued: cancelled at once. Running: stops at its next progress report. Finished: unchanged."""
     visible_job(jobs, settings, owner, job_id)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visible, visible_dataset
 from app.routes.jobs import WriterInline, server_timing, store_read
-from app.schemas import ErrorResponse, RankingCreate, RankingPublic
+from app.schemas import Problem, RankingCreate, RankingPublic
 from library.jobs import Job, JobState, StoredDataset, StoredRanking
 from worker.job_kinds import JOB_KINDS
 from worker.payloads import RankPayload
@@ -42,7 +42,7 @@ def ranking_public(ranking: StoredRanking, jobs: JobsDep, cached: bool = False, 
 
 @router.post("", status_code=202, response_model=RankingPublic,
              responses={200: {"model": RankingPublic, "description": "Answered from a stored ranking"},
-                        404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+                        404: {"model": Problem}, 503: {"model": Problem}})
 async def create_ranking(body: RankingCreate, request: Request, response: Response,
                          owner: WriterInline) -> RankingPublic:
     # The hot path (identical requests answered from the store) only reads: see store_read. Anything
@@ -111,7 +111,7 @@ def _create(services: Services, owner: str | None, body: RankingCreate,
     return ranking_public(ranking, jobs), status.HTTP_202_ACCEPTED
 
 
-@router.get("/{ranking_id}", response_model=RankingPublic, responses={404: {"model": ErrorResponse}})
+@router.get("/{ranking_id}", response_model=RankingPublic, responses={404: {"model": Problem}})
 def get_ranking(ranking_id: str, jobs: JobsDep, settings: SettingsDep, owner: Reader) -> RankingPublic:
     ranking = jobs.get_ranking(ranking_id)
     if ranking is None or not visible(owner, ranking.owner, settings):

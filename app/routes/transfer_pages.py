@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 from app.deps import JobsDep, Reader, SettingsDep
-from app.rendering import nice_ticks, not_found, render, text_width, tick_label
+from app.rendering import fmt_signed, nice_ticks, not_found, render, text_width, tick_label
 from app.routes.transfers import transfer_public, visible_batch
 from embeddings.registry import TRANSFER_METHODS
 
@@ -27,7 +27,21 @@ def source_label(source: dict[str, Any]) -> str:
 def _value(source: dict[str, Any]) -> str:
     if source.get("gain") is None:
         return str(source["state"])
-    return f"{source['gain']:+.2f} ± {float(source.get('std') or 0.0):.2f}"
+    return f"{fmt_signed(source['gain'])} ± {float(source.get('std') or 0.0):.2f}"
+
+
+def seed_noise(sources: list[dict[str, Any]], baseline: dict[str, Any]) -> dict[str, float] | None:
+    """When the spread over seeds is at least the difference between the best and the worst source, the
+    batch cannot tell its sources apart: the page says so. None when it can (or cannot judge: under two
+    finished sources, or a single seed, which measures no spread)."""
+    done = [s for s in sources if s.get("mean") is not None and len(s.get("scores") or []) > 1]
+    if len(done) < 2:
+        return None
+    spread = max(s["mean"] for s in done) - min(s["mean"] for s in done)
+    noise = max([float(s.get("std") or 0.0) for s in done] + [float(baseline.get("std") or 0.0)])
+    if noise <= 0 or noise < spread:
+        return None
+    return {"spread": spread, "noise": noise}
 
 
 def gain_chart(sources: list[dict[str, Any]], baseline_std: float | None,
@@ -67,7 +81,7 @@ def gain_chart(sources: list[dict[str, Any]], baseline_std: float | None,
             x_a, x_b = sorted((zero, sx(gain)))
             whisker_lo, whisker_hi = sx(gain - std), sx(gain + std)
             bar.update(x=round(x_a, 2), w=round(max(x_b - x_a, 1.0), 2), gain=gain, std=std,
-                       colour=GAIN_COLOUR if gain >= 0 else LOSS_COLOUR, e1=round(whisker_lo, 2),
+                       colour=GAIN_COLOUR if round(gain, 2) >= 0 else LOSS_COLOUR, e1=round(whisker_lo, 2),
                        e2=round(whisker_hi, 2), value=_value(s),
                        value_x=round(max(whisker_hi, zero) + 5, 2))
         else:
@@ -101,4 +115,5 @@ def transfer_page(transfer_id: str, request: Request, jobs: JobsDep, settings: S
         "combined": combined, "method_label": METHOD_LABELS.get(public.method, public.method),
         "chart": gain_chart(chart_rows, public.baseline.std, public.main_metric),
         "from_ranking": any(s.get("rank") is not None for s in sources),
+        "noise": seed_noise(sources, public.baseline.model_dump()) if combined is None else None,
         "signature": "|".join(f"{j}" for j in [public.baseline.state] + [s["state"] for s in sources])})

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from app.deps import JobsDep, Reader, Services, SettingsDep, Writer, get_services, visible, visible_dataset
 from app.schemas import (
     MULTI_SOURCE_TRANSFER_METHODS,
-    ErrorResponse,
+    Problem,
     TransferCombinedPublic,
     TransferCreate,
     TransferPublic,
@@ -214,9 +214,9 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 @router.post("", status_code=202, response_model=TransferPublic,
-             responses={404: {"model": ErrorResponse, "description": "No such dataset or ranking"},
-                        409: {"model": ErrorResponse, "description": "The ranking has no result yet"},
-                        422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+             responses={404: {"model": Problem, "description": "No such dataset or ranking"},
+                        409: {"model": Problem, "description": "The ranking has no result yet"},
+                        422: {"model": Problem}, 503: {"model": Problem}})
 def create_transfer(body: TransferCreate, services: ServicesDep, owner: Writer) -> TransferPublic:
     """A batch: one job for the no-transfer baseline and one per source (each over every seed), on the
     `train` queue. Sources are library task names (their data from `data_dir/sources`, else
@@ -230,6 +230,12 @@ def create_transfer(body: TransferCreate, services: ServicesDep, owner: Writer) 
             raise _unprocessable(f"the dev dataset is {dev.task_type} but the target is {target.task_type}",
                                  "dev_dataset_id")
         dev_id = dev.id
+    else:  # the worker will hold out 20% of the target: refuse now what it would refuse then
+        from embeddings.splits import group_sizes, hold_out_error
+
+        too_small = hold_out_error(group_sizes(target.task_type, target.rows, target.labels))
+        if too_small:
+            raise _unprocessable(too_small, "target_dataset_id")
     if body.from_ranking is not None:
         keys, ranks = _from_ranking(jobs, settings, owner, target, body.from_ranking.ranking_id,
                                     body.from_ranking.top_k)
@@ -271,14 +277,14 @@ def list_transfers(jobs: JobsDep, settings: SettingsDep, owner: Reader,
     return [transfer_public(b, jobs) for b in found]
 
 
-@router.get("/{transfer_id}", response_model=TransferPublic, responses={404: {"model": ErrorResponse}})
+@router.get("/{transfer_id}", response_model=TransferPublic, responses={404: {"model": Problem}})
 def get_transfer(transfer_id: str, jobs: JobsDep, settings: SettingsDep, owner: Reader) -> TransferPublic:
     """Every job's state and progress; when done, the baseline's and each source's mean ± std over the
     seeds, the gain (source mean minus baseline mean) and the relative gain in % of the baseline."""
     return transfer_public(visible_batch(jobs, settings, owner, transfer_id), jobs)
 
 
-@router.delete("/{transfer_id}", response_model=TransferPublic, responses={404: {"model": ErrorResponse}})
+@router.delete("/{transfer_id}", response_model=TransferPublic, responses={404: {"model": Problem}})
 def cancel_transfer(transfer_id: str, jobs: JobsDep, settings: SettingsDep, owner: Writer) -> TransferPublic:
     """Cancel every job of the batch: queued ones at once, running ones at their next progress report;
     finished ones (and their results) stay."""

@@ -23,8 +23,8 @@
       })
       .then(function (result) {
         if (!result.ok) {
-          var detail = result.data && result.data.detail;
-          throw new Error((detail && (detail.message || detail)) || "the transfer could not be started");
+          var problem = result.data || {};  // RFC 9457 problem details
+          throw new Error(problem.detail || problem.title || "the transfer could not be started");
         }
         window.location.href = "/transfers/" + result.data.id + "/view";
       })

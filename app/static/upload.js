@@ -67,19 +67,46 @@
     return out;
   }
 
+  // The first non-blank line of a file as text, or null when that line is not UTF-8 (garbage shows no
+  // mojibake; the loader's check says where the bytes are wrong). Only the line itself is decoded: a bad
+  // byte further down does not hide the header, and a newline byte never sits inside a UTF-8 character.
+  function firstLine(blob, size) {
+    return blob.slice(0, size).arrayBuffer().then(function (buffer) {
+      var bytes = new Uint8Array(buffer), start = 0;
+      while (start < bytes.length) {
+        var end = bytes.indexOf(10, start);
+        if (end < 0) end = bytes.length;
+        var text;
+        try {
+          text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(start, end),
+                                                                  { stream: end === bytes.length && blob.size > size });
+        } catch (e) { return null; }
+        if (text.trim()) return text.replace(/^\ufeff/, "").replace(/\r$/, "");
+        start = end + 1;
+      }
+      return "";
+    });
+  }
+
+  function printable(name) {  // control characters in a column name as \xNN, as the loader shows them
+    return name.replace(/[\u0000-\u001f\u007f-\u009f]/g, function (ch) {
+      return "\\x" + ("0" + ch.charCodeAt(0).toString(16)).slice(-2);
+    });
+  }
+
   function readHeader(source) {
     var ext = (source.filename.split(".").pop() || "").toLowerCase();
     var blob = source.blob;
     if (ext === "csv" || ext === "tsv" || ext === "tab") {
-      return blob.slice(0, 65536).text().then(function (text) {
-        var line = text.replace(/^\ufeff/, "").split(/\r?\n/, 1)[0];
+      return firstLine(blob, 65536).then(function (line) {
+        if (line === null) return { format: ext, columns: null, binary: true };
         var cols = parseDelimited(line, ext === "csv" ? "," : "\t").map(function (c) { return c.trim(); });
         return { format: ext, columns: cols.filter(function (c) { return c; }) };
       });
     }
     if (ext === "jsonl" || ext === "ndjson") {
-      return blob.slice(0, 1048576).text().then(function (text) {
-        var line = text.split(/\r?\n/).filter(function (l) { return l.trim(); })[0] || "";
+      return firstLine(blob, 1048576).then(function (line) {
+        if (line === null) return { format: ext, columns: null, binary: true };
         try {
           var row = JSON.parse(line);
           return { format: ext, columns: row && typeof row === "object" && !Array.isArray(row) ? Object.keys(row) : null };
@@ -129,14 +156,16 @@
     var header = state.header;
     if (!header) return;
     if (!header.columns || !header.columns.length) {
-      note.textContent = header.format === "json"
+      note.textContent = header.binary
+        ? "The file is not UTF-8 text, so no columns can be read from it."
+        : header.format === "json"
         ? "A JSON file: SQuAD files and row lists are read by their own field names."
         : "No column header in this format (CoNLL: one token and its tag per line).";
       return;
     }
     var fields = config.fields[mappingType()] || config.fields.classification;
     var found = defaults(header.columns, fields);
-    note.textContent = "Columns found in the file: " + header.columns.join(", ") +
+    note.textContent = "Columns found in the file: " + header.columns.map(printable).join(", ") +
       ". The mapping below is what the loader will use; change it if it guessed wrong.";
     fields.forEach(function (field) {
       var id = "map-" + field;
@@ -157,7 +186,7 @@
       header.columns.forEach(function (col) {
         var option = document.createElement("option");
         option.value = col;
-        option.textContent = col;
+        option.textContent = printable(col);
         select.appendChild(option);
       });
       select.value = field in state.chosen ? state.chosen[field] : (found[field] || "");
@@ -186,10 +215,13 @@
     document.querySelectorAll(".map-row.invalid").forEach(function (row) { row.classList.remove("invalid"); });
   }
 
+  // `detail`: the service's problem details (RFC 9457: detail, title, file, line, column, field), or a
+  // message of the page's own ({message, field}), or a string
   function showError(detail) {
     if (typeof detail === "string" || !detail) detail = { message: detail || "the service did not answer" };
     $("dataset-summary").classList.add("hidden");
-    $("upload-error-message").textContent = detail.message || "invalid dataset";
+    $("upload-error-message").textContent = detail.message ||
+      (typeof detail.detail === "string" ? detail.detail : "") || detail.title || "invalid dataset";
     var where = $("upload-error-where");
     where.textContent = "";
     ["file", "line", "column", "field"].forEach(function (key) {
@@ -307,7 +339,7 @@
           return answer.body;
         }
         if (keep) state.uploaded = null; else state.checked = null;
-        showError(answer.body && answer.body.detail ? answer.body.detail : "HTTP " + answer.status);
+        showError(answer.body && answer.body.detail ? answer.body : "HTTP " + answer.status);
         say("");
         return null;
       });
@@ -369,7 +401,7 @@
           .then(responseJson)
           .then(function (answer) {
             if (!answer.ok) {
-              showError(answer.body && answer.body.detail ? answer.body.detail : "HTTP " + answer.status);
+              showError(answer.body && answer.body.detail ? answer.body : "HTTP " + answer.status);
               say("");
               return null;
             }

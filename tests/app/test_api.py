@@ -68,8 +68,8 @@ def test_bad_upload_says_where_and_stores_nothing(client, service_settings):
     bad = b"text,label\ngood,1\nbad,1\nworse,\xff\xfe\n"
     response = client.post("/datasets", files={"file": ("bad.csv", bad)})
     assert response.status_code == 422
-    detail = response.json()["detail"]
-    assert detail["file"] == "bad.csv" and detail["line"] == 4 and "UTF-8" in detail["message"]
+    problem = response.json()
+    assert problem["file"] == "bad.csv" and problem["line"] == 4 and "UTF-8" in problem["detail"]
     assert stored_files(service_settings) == [] and client.get("/datasets").json() == []
 
 
@@ -87,7 +87,7 @@ def test_oversize_upload_is_413_and_nothing_stored(client, service_settings):
     assert len(big) > service_settings.max_upload_bytes
     response = client.post("/datasets", files={"file": ("big.csv", big)})
     assert response.status_code == 413
-    assert "TASKRANK_MAX_UPLOAD_BYTES" in response.json()["detail"]["message"]
+    assert "TASKRANK_MAX_UPLOAD_BYTES" in response.json()["detail"]
     assert stored_files(service_settings) == []
 
 

@@ -312,3 +312,82 @@ def test_choosing_files_stores_nothing_until_the_ranking_starts(sync_playwright,
     stored = httpx.get(f"{url}/datasets").json()
     assert [(d["filename"], d["rows"]) for d in stored] == [("first.csv", 3)]
     assert log.errors == []
+
+
+def test_ranking_table_fits_and_the_library_filters(sync_playwright, api_only_service, service_settings,
+                                                    shared_data, tmp_path):
+    """A TaskEmb ranking's per-component columns start collapsed behind a toggle, so the table fits its card
+    on a laptop and a phone; the library page's filter box narrows the table."""
+    import httpx
+
+    from tests.app.test_api import run_queued_jobs
+
+    url = api_only_service
+    csv_path = write_csv_slice(shared_data, "sst2", tmp_path / "reviews.csv", 40)
+    dataset = httpx.post(f"{url}/datasets", files={"file": ("reviews.csv", csv_path.read_bytes())}).json()
+    ranking = httpx.post(f"{url}/rankings", json={"dataset_id": dataset["id"], "method": "taskemb",
+                                                  "all_class": True}).json()
+    assert run_queued_jobs(service_settings) == 1  # as the worker would, on the service's own database
+    log = BrowserLog()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            for width in (1280, 390):
+                page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
+                log.watch(page)
+                page.goto(f"{url}/rankings/{ranking['id']}/view")
+                table_width = page.evaluate("document.getElementById('ranking-table').scrollWidth")
+                wrap_width = page.evaluate("document.querySelector('#ranking-table').parentElement.clientWidth")
+                assert table_width <= wrap_width, (width, table_width, wrap_width)
+                assert page.locator("#ranking-table th.part").first.is_hidden()
+                page.click("#toggle-parts")
+                assert page.locator("#ranking-table th.part:visible").count() == 5  # cls + 2 layers x 2
+                assert page.get_attribute("#toggle-parts", "aria-expanded") == "true"
+                shot(page, f"11-ranking-parts-{width}")
+                page.click("#toggle-parts")
+                assert page.locator("#ranking-table th.part:visible").count() == 0
+                page.context.close()
+
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            log.watch(page)
+            page.goto(f"{url}/library/view")
+            assert page.locator("#library-table tbody tr:visible").count() == len(LIBRARY_TASKS)
+            page.fill("#library-filter", "sst")
+            assert page.locator("#library-table tbody tr:visible td.name").all_inner_texts() == ["sst2"]
+            assert page.inner_text("#library-filter-count") == f"1 of {len(LIBRARY_TASKS)}"
+            page.fill("#library-filter", "sequence")
+            assert page.locator("#library-table tbody tr:visible td.name").all_inner_texts() == ["conll2003_ner"]
+            page.fill("#library-filter", "")
+            assert page.locator("#library-table tbody tr:visible").count() == len(LIBRARY_TASKS)
+        finally:
+            browser.close()
+    assert log.errors == []
+
+
+def test_garbage_files_show_no_mojibake(sync_playwright, api_only_service, tmp_path):
+    """'Columns found' never shows undecodable bytes: not UTF-8 is said; control characters are escaped."""
+    url = api_only_service
+    jpeg = tmp_path / "photo.csv"
+    jpeg.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01" + bytes(range(128, 256)) + b"\n1,2\n")
+    control = tmp_path / "control.csv"
+    control.write_bytes(b"\x01\x02PK\x03\x04,\x1b[2J\nrow,1\nrow,2\n")
+    log = BrowserLog()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            log.watch(page)
+            page.goto(f"{url}/")
+            page.set_input_files("#file", str(jpeg))
+            page.wait_for_selector("#upload-error:not(.hidden)")
+            note = page.inner_text("#column-map-note")
+            assert note == "The file is not UTF-8 text, so no columns can be read from it.", note
+            page.set_input_files("#file", str(control))
+            page.wait_for_selector("#upload-error:not(.hidden)")
+            page.wait_for_function("document.getElementById('column-map-note').textContent.includes('Columns found')")
+            note = page.inner_text("#column-map-note")
+            assert "\\x01\\x02PK\\x03\\x04, \\x1b[2J" in note and "\ufffd" not in note
+            assert "\\x01\\x02PK" in page.inner_text("#upload-error-message")  # the loader's message, escaped too
+        finally:
+            browser.close()
+    assert all("status of 422" in e for e in log.errors), log.errors

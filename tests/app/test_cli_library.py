@@ -219,3 +219,14 @@ def test_library_build_and_add_with_the_real_encoder(
     assert added["rows_used"] == 30 and added["task_type"] == "classification"
     code, out, _ = run(capsys, "library", "list")
     assert "32 source tasks" in out
+
+
+def test_a_removed_shipped_source_is_restored(env, default_library, capsys) -> None:
+    code, out, _ = run(capsys, "library", "remove", "sst2")
+    assert code == 0 and out.strip() == "removed sst2"
+    code, out, _ = run(capsys, "library", "restore-default")
+    assert code == 0 and out.startswith("restored 1 shipped source task: sst2; library ")
+    code, out, _ = run(capsys, "library", "list")
+    assert "30 source tasks" in out and "\nsst2 " in out
+    code, out, _ = run(capsys, "library", "restore-default")
+    assert code == 0 and out.strip() == "nothing to restore: the library has all 30 shipped source tasks"

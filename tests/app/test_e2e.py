@@ -220,7 +220,7 @@ def test_a_ranking_starts_while_a_transfer_trains(service_settings, shared_data,
 
         submitted_at = time.monotonic()
         ranking = httpx.post(f"{url}/rankings", json={"dataset_id": query["id"], "method": "textemb"}).json()
-        while (job := httpx.get(f"{url}/jobs/{ranking['job_id']}").json())["state"] == "queued":
+        while httpx.get(f"{url}/jobs/{ranking['job_id']}").json()["state"] == "queued":
             assert time.monotonic() - submitted_at < 15, "the ranking waited behind the transfer"
             time.sleep(0.2)
         training = [httpx.get(f"{url}/jobs/{j}").json() for j in batch["job_ids"]]

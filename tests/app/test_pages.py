@@ -285,3 +285,41 @@ def test_single_method_ranking_page(client, service_settings, shared_data, tmp_p
     assert ">SEmb</th>" in html and "centring on the library's mean" in html and "The score is that similarity" in html
     assert html.count('class="point ranked"') == 2 and 'id="map-target"' in html
     assert "PCA of the L2-normalised SEmb vectors" in html
+
+
+# -- transfer results: zero gains and seed noise ---------------------------------------------------
+
+def finished_batch(client, service_settings, means: dict[str, list[float]]) -> str:
+    """A transfer batch whose jobs are marked done with these per-seed scores (role -> scores)."""
+    rows = [{"text": f"film {i}", "label": "pos" if i % 2 else "neg"} for i in range(20)]
+    target = client.post("/datasets", json={"rows": rows, "name": "films"}).json()
+    batch = client.post("/transfers", json={"target_dataset_id": target["id"], "seeds": [1, 2],
+                                            "sources": [k for k in means if k != "baseline"]}).json()
+    store = JobStore(service_settings.resolved_database_url)
+    for job_id in batch["job_ids"]:
+        job = store.start_job(job_id)
+        role = job.params["role"]
+        scores = means["baseline" if role == "baseline" else job.params["source"]]
+        store.succeed_job(job_id, {"batch_id": batch["id"], "role": role, "source": job.params.get("source"),
+                                   "main_metric": "accuracy", "scores": scores})
+    store.close()
+    return batch["id"]
+
+
+def test_a_gain_that_rounds_to_zero_shows_as_zero(client, service_settings):
+    batch = finished_batch(client, service_settings, {"baseline": [70.0, 72.0], "rte": [70.001, 71.998],
+                                                      "sst2": [75.0, 77.0]})
+    html = client.get(f"/transfers/{batch}/view").text
+    assert "-0.00" not in html and "-0.0%" not in html
+    assert re.search(r'<span class="gain-zero">0\.00</span>', html) and "0.0%" in html
+    assert '<span class="gain-pos">+5.00</span>' in html
+
+
+def test_seed_spread_that_swamps_the_sources_is_called_out(client, service_settings):
+    noisy = finished_batch(client, service_settings, {"baseline": [60.0, 70.0], "rte": [61.0, 71.0],
+                                                      "sst2": [62.0, 70.0]})
+    html = client.get(f"/transfers/{noisy}/view").text
+    assert 'id="seed-noise"' in html and "cannot tell the sources apart" in html
+    clear = finished_batch(client, service_settings, {"baseline": [70.0, 70.5], "rte": [70.0, 70.4],
+                                                      "sst2": [80.0, 80.3]})
+    assert 'id="seed-noise"' not in client.get(f"/transfers/{clear}/view").text

@@ -99,7 +99,7 @@ def test_from_ranking_takes_its_top_k_with_their_ranks(client, service_settings,
     request = {"target_dataset_id": target["id"], "from_ranking": {"ranking_id": ranking["id"], "top_k": 2},
                "options": FAST}
     early = client.post("/transfers", json=request)
-    assert early.status_code == 409 and "no sources" in early.json()["detail"]["message"]
+    assert early.status_code == 409 and "no sources" in early.json()["detail"]
     run_queued_jobs(service_settings)
     ranked = client.get(f"/rankings/{ranking['id']}").json()["sources"]
     response = client.post("/transfers", json=request)
@@ -162,7 +162,7 @@ def test_bad_requests(client, service_settings, shared_data, tmp_path):
 
     assert post(target_dataset_id="nope", sources=["rte"]).status_code == 404
     unknown = post(sources=["no_such_task"])
-    assert unknown.status_code == 422 and "unknown source 'no_such_task'" in unknown.json()["detail"]["message"]
+    assert unknown.status_code == 422 and "unknown source 'no_such_task'" in unknown.json()["detail"]
     assert post(sources=["rte"], from_ranking={"ranking_id": "x"}).status_code == 422
     assert post().status_code == 422
     assert post(sources=["rte", "rte"]).status_code == 422
@@ -176,7 +176,7 @@ def test_bad_requests(client, service_settings, shared_data, tmp_path):
     (sources_dir / "rte").symlink_to(shared_data / "rte")
     assert post(sources=["rte"]).status_code == 202
     missing = post(sources=["sst2"])
-    assert missing.status_code == 422 and "no training data for source 'sst2'" in missing.json()["detail"]["message"]
+    assert missing.status_code == 422 and "no training data for source 'sst2'" in missing.json()["detail"]
     assert client.get("/transfers/nope").status_code == 404
     assert client.get("/transfers/nope/view").status_code == 404
 
@@ -229,3 +229,22 @@ def test_multi_source_requests_are_validated(client, shared_data, tmp_path):
     ok = client.post("/transfers", json={**base, "method": "camtl",
                                          "options": {**FAST, "freeze_encoder_layers": 1, "task_sampling": "uniform"}})
     assert ok.status_code == 202 and ok.json()["combined"]["method"] == "camtl"
+
+
+def test_a_target_too_small_to_hold_out_a_dev_split_is_refused_at_submission(client, service_settings):
+    """What the worker would refuse (no dev split can be held out of 2 rows) is refused with its message."""
+    from embeddings.data import dataset_from_rows
+    from embeddings.splits import hold_out_dev
+
+    rows = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": "neg"}]
+    target = client.post("/datasets", json={"rows": rows, "name": "two"}).json()
+    refused = client.post("/transfers", json={"target_dataset_id": target["id"], "sources": ["rte"]})
+    assert refused.status_code == 422 and refused.json()["field"] == "target_dataset_id"
+    with pytest.raises(ValueError) as worker_says:
+        hold_out_dev(dataset_from_rows(rows), seed=13)
+    assert refused.json()["detail"] == str(worker_says.value)
+    assert client.get("/jobs").json() == []  # nothing queued
+    dev = client.post("/datasets", json={"rows": rows, "name": "two, dev"}).json()
+    with_dev = client.post("/transfers", json={"target_dataset_id": target["id"], "dev_dataset_id": dev["id"],
+                                               "sources": ["rte"]})
+    assert with_dev.status_code == 202, with_dev.text  # a given dev split needs no hold-out

@@ -481,3 +481,27 @@ def test_deeply_nested_json_is_a_dataset_error(tmp_path):
 def test_bad_task_type_and_column_map():
     assert error_of([{"text": "a", "label": "b"}], task_type="ranking").field == "task_type"
     assert error_of([{"text": "a", "label": "b"}], column_map={"txt": "a"}).field == "txt"
+
+
+def test_labels_mixing_numbers_and_text_are_refused(tmp_path):
+    """`2.5, 3, neg, pos` is neither a regression nor a plausible 4-class task: say where the kinds meet."""
+    err = error_of(write(tmp_path / "mixed.csv", "text,label\na,2.5\nb,3\nc,neg\nd,pos\n"))
+    assert (err.line, err.field, err.file) == (4, "label", "mixed.csv")
+    assert "mixed label types: 'neg' is text but line 2 has '2.5', a number" in err.message
+    err = error_of(jsonl(tmp_path / "mixed.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": 1}]))
+    assert err.line == 2 and "1 is a number but line 1 has 'pos', text" in err.message
+    err = error_of([{"text": "a", "label": 0.5}, {"text": "b", "label": "neg"}])  # rows posted as JSON
+    assert err.line == 2 and "mixed label types" in err.message
+
+
+def test_mixed_labels_with_an_explicit_task_type_are_read_as_it_says(tmp_path):
+    path = write(tmp_path / "mixed.csv", "text,label\na,2.5\nb,3\nc,neg\nd,pos\n")
+    assert load_dataset(path, task_type="classification").labels == ["2.5", "3", "neg", "pos"]
+    numbers_as_json_strings = jsonl(tmp_path / "s.jsonl", [{"text": "a", "label": "1"}, {"text": "b", "label": "x"}])
+    assert load_dataset(numbers_as_json_strings).labels == ["1", "x"]  # JSON strings are class names
+
+
+def test_garbage_column_names_are_shown_escaped(tmp_path):
+    err = error_of(write(tmp_path / "junk.csv", b"\x01\x02PK\x03\x04,\x1b[2J" + b"x" * 100 + b"\nrow,1\nrow,2\n"))
+    assert err.field == "text" and "columns found: \\x01\\x02PK\\x03\\x04, \\x1b[2J" in err.message
+    assert err.message.isprintable() and "…" in err.message  # the long name is cut
