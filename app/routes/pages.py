@@ -163,7 +163,11 @@ _DIRECTIONS = [(1, 0), (-1, 0), (0, -1), (0, 1), (0.75, -0.75), (-0.75, -0.75), 
 
 def _place_labels(marks: list[dict[str, Any]], font: float, bounds: tuple[float, float, float, float]) -> None:
     """Greedy: each label (in the order given) takes the nearest spot that overlaps no point and no
-    label placed before it, trying eight directions at growing distances; far spots get a leader line."""
+    label placed before it, trying eight directions at growing distances; far spots get a leader line.
+
+    Labels never overlap: where a crowd (typically around the target) leaves no free spot, the label
+    of an unranked source is left out (its name stays in the point's tooltip); the target's and the
+    ranked sources' labels, placed first, take the least-overlapping spot as before."""
     obstacles = [(m["cx"] - m["r"] - 1, m["cy"] - m["r"] - 1, m["cx"] + m["r"] + 1, m["cy"] + m["r"] + 1)
                  for m in marks]
     placed: list[tuple[float, float, float, float]] = []
@@ -172,7 +176,7 @@ def _place_labels(marks: list[dict[str, Any]], font: float, bounds: tuple[float,
         base = mark["r"] + 3
         chosen: tuple[tuple[float, float, float, float], int] | None = None
         fallback: tuple[float, tuple[float, float, float, float], int] | None = None
-        for ring, distance in enumerate((base, base + 14, base + 30, base + 50, base + 76)):
+        for ring, distance in enumerate((base, base + 14, base + 30, base + 50, base + 76, base + 110)):
             for dx, dy in _DIRECTIONS:
                 bx = mark["cx"] + dx * distance + math.copysign(w / 2, dx) * (dx != 0)
                 by = mark["cy"] + dy * distance + math.copysign(h / 2, dy) * (dy != 0)
@@ -188,6 +192,9 @@ def _place_labels(marks: list[dict[str, Any]], font: float, bounds: tuple[float,
                     fallback = (cost, box, ring)
             if chosen is not None:
                 break
+        if chosen is None and not mark.get("rank") and not str(mark.get("text", "")).startswith("target: "):
+            mark.update(label=None, lx=None, ly=None, anchor="middle", leader=None)  # tooltip only
+            continue
         if chosen is None:
             chosen = (fallback[1], fallback[2]) if fallback is not None else (
                 (mark["cx"] + base, mark["cy"] - h / 2, mark["cx"] + base + w, mark["cy"] + h / 2), 0)

@@ -323,3 +323,30 @@ def test_seed_spread_that_swamps_the_sources_is_called_out(client, service_setti
     clear = finished_batch(client, service_settings, {"baseline": [70.0, 70.5], "rte": [70.0, 70.4],
                                                       "sst2": [80.0, 80.3]})
     assert 'id="seed-noise"' not in client.get(f"/transfers/{clear}/view").text
+
+
+def test_map_labels_never_overlap_in_a_crowd_around_the_target():
+    """30 sources packed around the target: every label drawn has a spot of its own (issue 18)."""
+    import itertools
+    import random
+
+    from app.rendering import text_width
+    from app.routes.pages import map_figure
+
+    rng = random.Random(3)
+    points = [{"name": f"source_task_{i}", "task_type": "classification", "num_train": 100,
+               "x": rng.gauss(0, 0.05), "y": rng.gauss(0, 0.05)} for i in range(30)]
+    points.append({"name": "far_away", "task_type": "regression", "num_train": 10, "x": 5.0, "y": 5.0})
+    figure = map_figure({"points": points, "target": {"name": "mine", "x": 0.0, "y": 0.0}},
+                        ranked={"source_task_0": 1, "source_task_1": 2})
+    font = figure["font"]
+    boxes = []
+    for m in [figure["target"], *figure["marks"]]:
+        if m.get("label"):
+            w, h = text_width(m["label"], font), font + 3
+            cy = m["ly"] - font * 0.35  # the box's centre (map_figure puts the baseline 0.35 em below it)
+            boxes.append((m["lx"] - w / 2, cy - h / 2, m["lx"] + w / 2, cy + h / 2))
+    assert figure["target"]["label"] and all(m["label"] for m in figure["marks"] if m["rank"])
+    assert any(m["label"] is None for m in figure["marks"])  # the crowd: some names only in tooltips
+    for a, b in itertools.combinations(boxes, 2):
+        assert min(a[2], b[2]) - max(a[0], b[0]) <= 0.01 or min(a[3], b[3]) - max(a[1], b[1]) <= 0.01, (a, b)
