@@ -291,9 +291,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from embeddings.registry import EMBEDDING_METHODS, TRANSFER_METHODS
+    from embeddings.registry import EMBEDDING_METHODS, SOURCE_MAX_ROWS, TRANSFER_METHODS
     from embeddings.task_types import TASK_TYPE_NAMES
-    from embeddings.transfer import SOURCE_MAX_ROWS
     from library.methods import DEFAULT_METHOD, RANKING_METHODS
 
     EMBEDDING_METHOD_NAMES = tuple(EMBEDDING_METHODS)  # noqa: N806

@@ -42,6 +42,10 @@ def in_pass(methods: Iterable[str], name: str) -> list[str]:
 
 
 
+# The practitioner source regime's row caps (its optimiser settings are `embeddings.transfer.SOURCE_REGIME`).
+SOURCE_MAX_ROWS = 10_000
+SOURCE_DEV_MAX_ROWS = 1_000
+
 ADAPTER_METHODS = ("scalearn", "scalearn_uniform", "scalearn_plus", "scalearn_uniform_plus", "adapterfusion", "pemt")
 MULTI_SOURCE_METHODS = (*ADAPTER_METHODS, "camtl")
 TRANSFER_METHODS: dict[str, str] = {

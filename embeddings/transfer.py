@@ -23,6 +23,7 @@ from embeddings.data import Dataset
 from embeddings.encoders import Encoder
 from embeddings.finetune import FinetuneOptions, FinetuneResult, fine_tune
 from embeddings.options import ProgressFn, no_progress
+from embeddings.registry import SOURCE_DEV_MAX_ROWS, SOURCE_MAX_ROWS
 
 # How a source is trained before transfer, the way a practitioner would: up to 10,000 rows, 2 epochs,
 # evaluated twice an epoch on up to 1,000 of its dev rows and stopped when that stops improving (the
@@ -30,8 +31,6 @@ from embeddings.options import ProgressFn, no_progress
 # regime and the service's transfer jobs use it by default, so one cached checkpoint serves both.
 SOURCE_REGIME = FinetuneOptions(epochs=2.0, learning_rate=5e-5, batch_size=32, max_length=128,
                                 evaluations_per_epoch=2, early_stopping_patience=2)
-SOURCE_MAX_ROWS = 10_000
-SOURCE_DEV_MAX_ROWS = 1_000
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def target_embeddings(dataset: Dataset, encoder: Encoder, method: str, options: 
         computed = embed_target(dataset, encoder, siblings if cache is not None else missing, options, on_progress)
         for part, result in computed.items():
             if cache is not None:
-                cache.put(result, options.options_hash)
+                cache.put(result, options.options_hash, dataset.content_hash)
             found[part] = result
     return {part: found[part] for part in parts}
 

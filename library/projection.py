@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from embeddings.api import EMBEDDING_METHODS
+from embeddings.registry import EMBEDDING_METHODS
 from embeddings.result import EmbeddingResult
 from library.build import library_options
 from library.errors import LibraryError

@@ -45,8 +45,10 @@ class TargetEmbeddingCache:
         self.misses += 1
         return None
 
-    def put(self, result: EmbeddingResult, options_hash: str) -> Path:
-        path = self.path(result.dataset_hash, result.model_hash, result.method, options_hash)
+    def put(self, result: EmbeddingResult, options_hash: str, dataset_hash: str | None = None) -> Path:
+        """Cache `result` under `dataset_hash`: the hash of the dataset as the caller has it (the result's
+        own `dataset_hash` is that of the library-sized sample it was computed on)."""
+        path = self.path(dataset_hash or result.dataset_hash, result.model_hash, result.method, options_hash)
         result.save(path)
         return path
 

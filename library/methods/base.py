@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from embeddings.api import EMBEDDING_METHODS
+from embeddings.registry import EMBEDDING_METHODS
 from embeddings.result import EmbeddingResult
 from library.errors import LibraryError
 from library.store import SourceTask

@@ -34,7 +34,7 @@ def _cli_rank(capsys, path, method: str) -> tuple[list[dict], str]:
 
 
 def test_cli_and_worker_rank_identically_and_the_cache_answers_repeats(cli_env, shared_data, tmp_path, capsys):
-    csv_path = write_csv_slice(shared_data, "sst2", tmp_path / "sst2.csv", 40)
+    csv_path = write_csv_slice(shared_data, "sst2", tmp_path / "sst2.csv", 60)  # over the library's 40-row cap
     embedded = cli_env.paths.embeddings
     first, err = _cli_rank(capsys, csv_path, "textemb")
     assert "from the cache" not in err
