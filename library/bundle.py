@@ -190,9 +190,12 @@ def import_maps(store: LibraryStore, path: str | Path, manifest: dict[str, Any] 
     if not entries or not (path / MAPS).is_file():
         return []
     tasks = {t["name"]: t for t in manifest.get("tasks") or []}
+    models = {k.model_hash for k in store.keys()}  # a map of another model than the library's is no use
     added = []
     with np.load(path / MAPS, allow_pickle=False) as arrays:
         for entry in entries:
+            if entry["model_hash"] not in models:
+                continue
             task = store.get_task(entry["task"])
             shipped = tasks.get(entry["task"])
             if task is None or shipped is None or task.data_hash != shipped.get("data_hash"):
