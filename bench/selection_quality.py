@@ -23,7 +23,6 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -36,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from bench.transfer_matrix import git_revision, text_tasks  # noqa: E402  (its successor; shared helpers)
 from embeddings.data import Dataset, LoadLimits, TaskType, load_dataset  # noqa: E402
 from embeddings.encoders import load_encoder, set_threads  # noqa: E402
 from embeddings.finetune import FinetuneOptions, fine_tune  # noqa: E402
@@ -70,27 +70,6 @@ class MatrixSettings:
         return TransferOptions(target=target, source=replace(target, epochs=self.source_epochs), seeds=seeds,
                                source_max_rows=self.source_max_rows, target_max_rows=self.target_max_rows,
                                data_seed=self.data_seed)
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=_ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def text_tasks(data_dir: Path) -> list[str]:
-    """Task folders whose task.json declares classification or regression, sorted by name."""
-    names = []
-    for folder in sorted(p for p in data_dir.iterdir() if (p / "task.json").is_file()):
-        meta = json.loads((folder / "task.json").read_text())
-        if meta.get("task_type") in {t.value for t in TEXT_TASKS}:
-            names.append(folder.name)
-    return names
 
 
 def done_runs(path: Path) -> set[tuple[str, str, int]]:
