@@ -378,7 +378,8 @@ def train_camtl(train: Dataset, dev: Dataset, sources: list[Dataset], encoder: E
     model = CamtlModel(conditional, heads).to(device)
     per_epoch = [math.ceil(len(f) / options.batch_size) for f in features]
     total_steps = max(1, math.ceil(sum(per_epoch) * options.epochs))
-    eval_every = max(1, sum(per_epoch) // max(1, options.evaluations_per_epoch))
+    eval_every = (max(1, sum(per_epoch) // options.evaluations_per_epoch) if options.evaluations_per_epoch
+                  else total_steps + 1)
     groups = param_groups(conditional.bert, options.weight_decay) + \
         param_groups(model.new_modules(), options.weight_decay, lr=camtl.conditional_learning_rate)
     optimiser, schedule = make_optimiser(groups, options, total_steps)

@@ -49,7 +49,8 @@ class FinetuneOptions(TokenizeOptions):
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
     seed: int = field(default=13, metadata={"help": "Seeds head init, dropout and batch order."})
-    evaluations_per_epoch: int = field(default=1, metadata={"help": "Dev evaluations per epoch."})
+    evaluations_per_epoch: int = field(
+        default=1, metadata={"help": "Dev evaluations per epoch; 0 evaluates once, after the last step."})
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement."})
     checkpoint_every: int = field(default=200, metadata={"help": "Steps between resumable checkpoints."})
@@ -59,6 +60,8 @@ class FinetuneOptions(TokenizeOptions):
         super().__post_init__()
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs, batch_size and learning_rate must be positive")
+        if self.evaluations_per_epoch < 0:
+            raise ValueError("evaluations_per_epoch must be 0 (once, at the end) or more")
 
 
 @dataclass
@@ -138,7 +141,9 @@ def fine_tune(train: Dataset, dev: Dataset | None, encoder: Encoder, options: Fi
     model = TaskModel(body, head).to(device)
     steps_per_epoch = math.ceil(len(train_features) / options.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * options.epochs))
-    eval_every = max(1, steps_per_epoch // max(1, options.evaluations_per_epoch))
+    # 0 evaluations per epoch: only the final model is scored (`step == total_steps` below)
+    eval_every = (max(1, steps_per_epoch // options.evaluations_per_epoch) if options.evaluations_per_epoch
+                  else total_steps + 1)
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = (param_groups(model, options.weight_decay) if head_learning_rate is None else
               param_groups(model.encoder, options.weight_decay)

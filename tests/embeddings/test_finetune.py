@@ -125,3 +125,25 @@ def test_the_head_can_train_at_its_own_learning_rate(tiny_encoder):
     assert (still.head.proj.weight - start.head.proj.weight).abs().max().item() < 1e-8
     body = {k: v for k, v in moved.encoder.state_dict().items()}
     assert all(torch.allclose(body[k], v, atol=1e-8) for k, v in start.encoder.state_dict().items())
+
+
+def test_zero_evaluations_per_epoch_scores_the_final_model_once(tiny_encoder):
+    options = FinetuneOptions(epochs=3, batch_size=8, learning_rate=3e-3, seed=1, evaluations_per_epoch=0)
+    result, _ = fine_tune(sentiment(24), sentiment(12, offset=1), tiny_encoder, options)
+    assert [h["step"] for h in result.history] == [9]
+    assert result.best_step == result.steps == 9
+    with pytest.raises(ValueError, match="evaluations_per_epoch"):
+        FinetuneOptions(evaluations_per_epoch=-1)
+
+
+def test_precision_chooses_the_autocast_dtype(tiny_encoder):
+    from dataclasses import replace
+
+    assert tiny_encoder.autocast_dtype is None  # auto on CPU: fp32
+    bf16 = replace(tiny_encoder, precision="bf16")
+    assert bf16.autocast_dtype == torch.bfloat16
+    with bf16.autocast():
+        assert torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4)).dtype == torch.bfloat16
+    assert replace(tiny_encoder, precision="fp32").autocast_dtype is None
+    with pytest.raises(ValueError, match="precision"):
+        _ = replace(tiny_encoder, precision="fp8").autocast_dtype
