@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     from embeddings.task_types import TASK_TYPE_NAMES
     from library.methods import DEFAULT_METHOD, RANKING_METHODS
 
-    EMBEDDING_METHOD_NAMES = tuple(EMBEDDING_METHODS)  # noqa: N806
+    EMBEDDING_METHOD_NAMES = tuple(m.name for m in EMBEDDING_METHODS.values() if m.target_method is None)  # noqa: N806
     parser = argparse.ArgumentParser(prog="taskrank", description="Which source task to train on before yours.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -371,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app import cli_library
 
     cli_library.register(sub, dataset_args)
+    from app import cli_ranker
+
+    cli_ranker.register(sub)
     return parser
 
 

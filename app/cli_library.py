@@ -27,6 +27,8 @@ def cmd_rank(args: argparse.Namespace, settings: Settings) -> int:
     with library_service(settings) as service:
         with progress_bar(f"{args.method} {dataset.name}") as on_progress:
             ranking = service.rank(dataset, args.method, args.top, args.all_class, on_progress)
+        for note in ranking.notes:
+            echo(f"note: {note}", err=True)
         cache = service.cache
         if cache is not None and cache.hits:
             echo(f"the target's embeddings came from the cache ({cache.directory}): nothing re-embedded", err=True)
@@ -49,8 +51,35 @@ def cmd_rank(args: argparse.Namespace, settings: Settings) -> int:
         [str(s.rank), s.name, s.task_type, f"{s.score:.4f}", spec.explain(s.details)]
         for s in ranking.sources
     ]
+    if ranking.info.get("note"):
+        echo(f"note: {ranking.info['note']}", err=True)
+    if any("expected_gain" in (s.details.get("learned") or {}) for s in ranking.sources):
+        _learned_rows(rows, ranking, len(dataset), settings)
+        echo(f"learned ranker version {ranking.info.get('ranker_version')}")
+        echo(text_table(rows, ["rank", "source", "task type", "expected gain", "why", "est. min", "gain/min"],
+                        right={0, 3, 5, 6}))
+        return 0
     echo(text_table(rows, ["rank", "source", "task type", score, "why"], right={0, 3}))
     return 0
+
+
+def _learned_rows(rows: list[list[str]], ranking: Any, target_rows: int, settings: Settings) -> None:
+    """A learned ranking's rows: the expected gain in %, and each transfer's estimated minutes here."""
+    from library.costs import cached_checkpoints, estimates, row_rate
+    from library.ranker_store import RankerStore
+    from library.transfers import read_sidecar, sidecar_path
+
+    with RankerStore(settings.resolved_database_url) as rstore:
+        results = rstore.results()
+    sidecar = read_sidecar(sidecar_path(settings.resolved_transfer_matrix))
+    found = estimates([{"name": s.name, "num_train": s.num_train, "score": s.score} for s in ranking.sources],
+                      target_rows, row_rate(results, sidecar),
+                      cached_checkpoints(settings.paths.checkpoints, sidecar, results))
+    for row, s in zip(rows, ranking.sources, strict=True):
+        row[3] = f"{s.score:+.1f}%"
+        estimate = found.get(s.name) or {}
+        row += [f"{estimate['minutes']:.0f}" if estimate else "-",
+                f"{estimate['gain_per_minute']:+.2f}" if estimate.get("gain_per_minute") is not None else "-"]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -227,6 +256,43 @@ def cmd_library_build_esm(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_library_build_taskemb_ft(args: argparse.Namespace, settings: Settings) -> int:
+    """Checkpoint-based TaskEmb (taskemb_ft) from the cached practitioner-regime checkpoints; trains nothing."""
+    from embeddings.encoders import set_threads
+    from library.pipeline import ranking_options
+    from library.taskemb_ft import TRAIN_HINT, build_finetuned_taskembs
+
+    set_threads(settings.torch_threads)
+    data_dir = Path(args.data_dir) if args.data_dir else settings.shared_data_dir
+    dirs = [Path(d) for d in (args.checkpoints or [settings.paths.checkpoints])]
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    with library_service(settings) as service:
+        options = ranking_options(service.store, service.encoder, settings.max_tokens_per_batch)
+        with progress_bar("checkpoint-based TaskEmb") as on_progress:
+            report = build_finetuned_taskembs(service.store, data_dir, service.encoder, dirs, options, only=only,
+                                              on_progress=on_progress)
+        if report.built:
+            service.library.indexes.sync()
+        if args.bundle:
+            from library.bundle import write_bundle_embeddings
+
+            written = write_bundle_embeddings(service.store, args.bundle, "taskemb_ft")
+            echo(f"wrote the taskemb_ft vectors of {len(written)} sources into {args.bundle}", err=True)
+    for name, info in report.built.items():
+        echo(f"{name:<24} taskemb_ft from {info['checkpoint']} on {info['rows']} rows ({info['seconds']:.0f} s)")
+    if report.kept:
+        echo(f"unchanged (already computed from the same checkpoint): {', '.join(report.kept)}")
+    if report.missing_checkpoint:
+        echo(f"no fine-tuned checkpoint in {', '.join(map(str, dirs))} for: {', '.join(report.missing_checkpoint)} "
+             f"(the taskemb_ft ranking leaves them out); {TRAIN_HINT}", err=True)
+    if report.no_data:
+        echo(f"no task folder under {data_dir} for: {', '.join(report.no_data)}", err=True)
+    if report.unsupported:
+        echo(f"no source regime for these task types yet (classification or regression only): "
+             f"{', '.join(report.unsupported)}", err=True)
+    return 0
+
+
 def _esms_after_build(service: Any, data_dir: Path, settings: Settings, options: Any, only: list[str] | None) -> None:
     """The build also fits ESMs where fine-tuned source checkpoints are cached (it never trains them)."""
     from library.esm import build_esms
@@ -238,6 +304,22 @@ def _esms_after_build(service: Any, data_dir: Path, settings: Settings, options:
     if report.missing_checkpoint:
         echo(f"no ESM for {len(report.missing_checkpoint)} source(s) without a fine-tuned checkpoint in "
              f"{settings.paths.checkpoints} (`taskrank library build-esm` after training them)", err=True)
+
+
+def _taskemb_ft_after_build(service: Any, data_dir: Path, settings: Settings, options: Any,
+                            only: list[str] | None) -> None:
+    """The build also computes the checkpoint-based TaskEmb where fine-tuned source checkpoints are cached."""
+    from library.taskemb_ft import build_finetuned_taskembs
+
+    names = [n for n in only if service.store.get_task(n) is not None] if only is not None else None
+    report = build_finetuned_taskembs(service.store, data_dir, service.encoder, [settings.paths.checkpoints],
+                                      options, only=names)
+    if report.built:
+        service.library.indexes.sync()
+        echo(f"computed the checkpoint-based TaskEmb (taskemb_ft) of {', '.join(report.built)}", err=True)
+    if report.missing_checkpoint:
+        echo(f"no taskemb_ft for {len(report.missing_checkpoint)} source(s) without a fine-tuned checkpoint in "
+             f"{settings.paths.checkpoints} (`taskrank library build-taskemb-ft` after training them)", err=True)
 
 
 def cmd_library_build(args: argparse.Namespace, settings: Settings) -> int:
@@ -280,6 +362,7 @@ def cmd_library_build(args: argparse.Namespace, settings: Settings) -> int:
             )
         service.library.indexes.sync()
         _esms_after_build(service, Path(args.data_dir), settings, options, only)
+        _taskemb_ft_after_build(service, Path(args.data_dir), settings, options, only)
     if args.json:
         echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -415,6 +498,15 @@ def register(
     p.add_argument("--only", help="comma-separated source names")
     p.add_argument("--bundle", help="also write the maps into this exported library (e.g. library/default)")
     p.set_defaults(func=library_errors(cmd_library_build_esm))
+
+    p = lsub.add_parser("build-taskemb-ft", help="compute every source's TaskEmb from its fine-tuned checkpoint "
+                                                 "(taskemb_ft, for the taskemb_ft ranking method)")
+    p.add_argument("--data-dir", help="task folders of the sources (default: TASKRANK_SHARED_DATA_DIR)")
+    p.add_argument("--checkpoints", action="append",
+                   help="directory of fine-tuned source checkpoints (repeatable; default DATA_DIR/checkpoints)")
+    p.add_argument("--only", help="comma-separated source names")
+    p.add_argument("--bundle", help="also write the vectors into this exported library (e.g. library/default)")
+    p.set_defaults(func=library_errors(cmd_library_build_taskemb_ft))
 
     p = lsub.add_parser("export", help="write the library to a directory (manifest.json + vectors.npz)")
     p.add_argument("dir")

@@ -53,6 +53,9 @@ def print_skipped(result: Mapping[str, Any], out: Echo = echo) -> None:
         out(f"warning: {target}: skipped, {why}", err=True)
     for method, why in (result.get("skipped_methods") or {}).items():
         out(f"warning: method {method} not scored ({why})", err=True)
+    for by_target in (result.get("method_notes") or {}).values():
+        for target, note in by_target.items():
+            out(f"warning: {target}: {note}", err=True)
 
 
 def headline_note(result: Mapping[str, Any]) -> str:

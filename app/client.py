@@ -189,10 +189,20 @@ def ranking_frame(ranking: Mapping[str, Any]):  # -> pandas.DataFrame
     import pandas as pd
 
     rows = []
+    estimates = (ranking.get("info") or {}).get("estimates") or {}
     for source in ranking.get("sources") or []:
         row = {k: source[k] for k in ("rank", "name", "task_type", "score", "num_train")}
-        for part, info in (source.get("details") or {}).items():
-            row[f"rank_{part}"] = info.get("rank")
+        learned = (source.get("details") or {}).get("learned") or {}
+        if "expected_gain" in learned:  # the learned method: expected gain, its interval, P(helps), why, cost
+            estimate = estimates.get(source["name"]) or {}
+            row |= {"expected_gain": learned["expected_gain"], "low": learned["low"], "high": learned["high"],
+                    "p_helps": learned["p_helps"], "unlikely_to_help": learned.get("unlikely_to_help"),
+                    "why": "; ".join(r["text"] for r in learned.get("reasons") or []),
+                    "minutes": estimate.get("minutes"), "gain_per_minute": estimate.get("gain_per_minute"),
+                    "ranker_version": learned.get("ranker_version")}
+        else:
+            for part, info in (source.get("details") or {}).items():
+                row[f"rank_{part}"] = info.get("rank")
         rows.append(row)
     return pd.DataFrame(rows)
 

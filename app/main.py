@@ -148,10 +148,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPIOffline(title="taskrank", version=__version__, lifespan=lifespan, responses=common,
                          static_url="/docs-static", favicon_url="/static/favicon.svg",
                          description="Rank source tasks for your NLP dataset (TextEmb, SEmb, TaskEmb) and run transfers.")
-    from app.routes import library_transfers  # GET /library/transfers: the shipped transfer matrix
+    from app.routes import (
+        library_transfers,  # GET /library/transfers: the shipped transfer matrix
+        ranker,  # GET /ranker: the learned ranker
+    )
 
     for router in (pages.router, transfer_pages.router, datasets.router, rankings.router, transfers.router,
-                   jobs.router, library.router, library_transfers.router, health.router):
+                   jobs.router, library.router, library_transfers.router, ranker.router, health.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)

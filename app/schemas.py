@@ -135,6 +135,11 @@ class RankingPublic(BaseModel):
     model_name: str | None = None
     target: dict[str, Any] | None = None
     sources: list[RankedSourcePublic] | None = None
+    info: dict[str, Any] | None = Field(None, description="What the method adds: the learned ranker's version "
+                                                          "(or the method it fell back to), the target's facts.")
+    notes: list[str] | None = Field(None, description="What the user should know about this ranking, e.g. eligible "
+                                                      "sources the method left out (taskemb_ft: no checkpoint-based "
+                                                      "TaskEmb) and why.")
     error: str | None = None
 
 
@@ -269,3 +274,17 @@ class TransferPublic(BaseModel):
     combined: TransferCombinedPublic | None = Field(None, description="Multi-source methods: their one job.")
     job_ids: list[str]
     created_at: datetime
+
+
+class RankerPublic(BaseModel):
+    """The learned ranker: its active version, every version, its validation table and its features."""
+
+    active: dict[str, Any] | None
+    versions: list[dict[str, Any]]
+    validation_table: list[dict[str, Any]]
+    criteria: dict[str, Any] = Field(default_factory=dict, description="The active version against its bars: "
+                                     "NDCG@5 margins over DataSize and the source prior, top-1 helps, coverage, "
+                                     "and whether it beats every unlearned method.")
+    features: dict[str, str]
+    transfer_results: int = Field(..., description="Transfer results recorded from the service's own jobs.")
+    note: str | None = None

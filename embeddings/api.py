@@ -25,6 +25,12 @@ __all__ = ["EMBEDDING_METHODS", "METHODS", "EmbeddingMethod", "check_methods", "
 
 def check_methods(methods: Sequence[str]) -> list[str]:
     """The methods in canonical order without duplicates; a ValueError names an unknown one."""
+    variants = [m for m in methods if m in EMBEDDING_METHODS and m not in METHODS]
+    if variants:
+        spec = EMBEDDING_METHODS[variants[0]]
+        raise ValueError(f"{spec.name} is computed for library sources from their fine-tuned checkpoints "
+                         f"(`taskrank library build-taskemb-ft`), not from a dataset alone; embed with "
+                         f"{spec.target_method} instead")
     unknown = [m for m in methods if m not in EMBEDDING_METHODS]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; choose one of the embedding methods {', '.join(METHODS)}")

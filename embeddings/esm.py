@@ -14,12 +14,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 
-from embeddings.data import Dataset
+from embeddings.data import Dataset, TaskType
 from embeddings.encoders import Encoder
+from embeddings.features import IGNORE_INDEX, Features, iterate, length_sorted_batches, tokenize
 from embeddings.logme import label_matrix, logme_from_gram, logme_many
 from embeddings.options import EmbedOptions, ProgressFn, no_progress
 from embeddings.textemb import sentence_rows
@@ -72,9 +74,18 @@ class EmbeddingSpaceMap:
                 "r2_heldout": np.array([self.r2_heldout], dtype=np.float64),
                 "rows": np.array([self.rows], dtype=np.int64), "ridge": np.array([self.ridge], dtype=np.float64)}
 
+    def to_int8_arrays(self) -> dict[str, np.ndarray]:
+        """The compact storage of shipped maps: the weight int8-coded (`quantise_rows`, about half the
+        bytes of fp16), the bias in fp16, the fit's figures in float64."""
+        arrays = self.to_fp16_arrays()
+        del arrays["weight"]
+        return {**quantise_rows(self.weight), **arrays}
+
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> EmbeddingSpaceMap:
-        """Inverse of `to_fp16_arrays` (any float dtype is accepted for the parameters)."""
+        """Inverse of `to_fp16_arrays` and `to_int8_arrays` (any float dtype is accepted for the parameters)."""
+        if "weight" not in arrays and {"weight_int8", "weight_scale"} <= set(arrays):
+            arrays = {**arrays, "weight": dequantise_rows(arrays)}
         missing = {"weight", "bias", "r2_heldout", "rows", "ridge"} - set(arrays)
         if missing:
             raise ValueError(f"embedding space map arrays lack {sorted(missing)}")
@@ -83,6 +94,50 @@ class EmbeddingSpaceMap:
                    r2_heldout=float(np.asarray(arrays["r2_heldout"]).reshape(-1)[0]),
                    rows=int(np.asarray(arrays["rows"]).reshape(-1)[0]),
                    ridge=float(np.asarray(arrays["ridge"]).reshape(-1)[0]))
+
+
+INT8_KEYS = ("weight_int8", "weight_scale", "weight_diagonal")
+"""Array names of an int8-coded weight (`quantise_rows`); the diagonal only for square maps."""
+
+
+def quantise_rows(weight: np.ndarray) -> dict[str, np.ndarray]:
+    """Symmetric per-row int8 coding of a map's weight, about half the bytes of fp16.
+
+    A square map (an ESM: base to fine-tuned space) keeps its diagonal in fp16 (`weight_diagonal`):
+    ESMs are diagonal-dominant (the diagonal is ~3-10x the largest other entry of its row), so coding
+    the diagonal apart gives the other entries of each row a finer step. Those are coded as int8 in
+    [-127, 127] with one fp16 scale per output row (`weight_scale`, the row's largest absolute entry /
+    127; the diagonal's code is 0). Re-coding a decoded weight gives the same codes and scales.
+    Measured on the shipped ESMs: `bench/esm_storage.py`.
+    """
+    w = np.array(weight, dtype=np.float32)
+    if w.ndim != 2 or not np.isfinite(w).all():
+        raise ValueError(f"expected a finite (d_out, d_in) weight, got shape {w.shape}")
+    arrays: dict[str, np.ndarray] = {}
+    if w.shape[0] == w.shape[1]:
+        arrays["weight_diagonal"] = np.diag(w).astype(np.float16)
+        np.fill_diagonal(w, 0.0)
+    scales = (np.abs(w).max(axis=1) / 127.0).astype(np.float16)
+    safe = np.where(scales > 0, scales.astype(np.float32), 1.0)  # an all-zero (or underflowing) row codes as 0
+    arrays["weight_int8"] = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
+    arrays["weight_scale"] = scales
+    return arrays
+
+
+def dequantise_rows(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Inverse of `quantise_rows`: the (d_out, d_in) float32 weight."""
+    codes, scales = np.asarray(arrays["weight_int8"]), np.asarray(arrays["weight_scale"]).reshape(-1)
+    if codes.ndim != 2 or codes.dtype != np.int8 or scales.shape != (codes.shape[0],):
+        raise ValueError(f"expected int8 codes (d_out, d_in) and (d_out,) scales, got {codes.dtype} "
+                         f"{codes.shape} and {scales.shape}")
+    weight = codes.astype(np.float32) * scales.astype(np.float32)[:, None]
+    diagonal = arrays.get("weight_diagonal")
+    if diagonal is not None:
+        diagonal = np.asarray(diagonal, dtype=np.float32).reshape(-1)
+        if codes.shape[0] != codes.shape[1] or diagonal.shape != (codes.shape[0],):
+            raise ValueError(f"a diagonal of {diagonal.shape} does not fit a {codes.shape} weight")
+        np.fill_diagonal(weight, diagonal)
+    return weight
 
 
 def fit_esm(base: np.ndarray, tuned: np.ndarray, *, seed: int = 13, heldout: float = 0.2) -> EmbeddingSpaceMap:
@@ -151,6 +206,98 @@ def pooled_embeddings(dataset: Dataset, encoder: Encoder, state_dict: Mapping[st
         model = copy.deepcopy(encoder.model)
         model.load_state_dict(dict(state_dict), strict=True)
     return sentence_rows(dataset, encoder, options, model=model, on_progress=on_progress)
+
+
+TOKEN_BUDGET = 4000
+"""Tagged tokens a sequence-labelling target is scored on by LogME and ESM-LogME: a seeded sample of
+the target's words (first sub-token of each), the same whichever encoder embeds them. 4,000 tokens
+are about 200 sentences of ud_ewt_pos, ten times the 384 feature dimensions LogME fits."""
+
+
+@dataclass(frozen=True)
+class TokenSample:
+    """Which tagged tokens of a tokenised sequence-labelling dataset are scored, and their tags."""
+
+    feature: np.ndarray = field(metadata={"help": "(n,) index of the tokenised row each chosen token is in."})
+    position: np.ndarray = field(metadata={"help": "(n,) the token's position in that row (a word's first sub-token)."})
+    tags: np.ndarray = field(metadata={"help": "(n,) tag ids, indexes into the dataset's label names."})
+
+
+def token_sample(features: Features, *, budget: int = TOKEN_BUDGET, seed: int = 13) -> TokenSample:
+    """Up to `budget` tagged tokens, drawn uniformly over all tagged tokens with `seed`, in data order.
+
+    Only tokenisation decides the draw (never the model), so the base encoder and each fine-tuned one
+    see the same tokens, and the tags are known before any forward pass.
+    """
+    if features.task_type != TaskType.SEQUENCE_LABELING or features.labels is None:
+        raise ValueError("token samples are drawn from a tokenised sequence-labelling dataset")
+    if budget < 2:
+        raise ValueError("the token budget must be at least 2")
+    rows, positions, tags = [], [], []
+    for i, labels in enumerate(cast(list[np.ndarray], features.labels)):
+        where = np.flatnonzero(labels != IGNORE_INDEX)
+        rows.append(np.full(len(where), i, dtype=np.int64))
+        positions.append(where.astype(np.int64))
+        tags.append(labels[where].astype(np.int64))
+    row, position, tag = (np.concatenate(x) if x else np.zeros(0, np.int64) for x in (rows, positions, tags))
+    if len(row) > budget:
+        keep = np.sort(np.random.default_rng(seed).choice(len(row), size=budget, replace=False))
+        row, position, tag = row[keep], position[keep], tag[keep]
+    return TokenSample(feature=row, position=position, tags=tag)
+
+
+def token_tags(dataset: Dataset, encoder: Encoder, options: EmbedOptions | None = None, *,
+               budget: int = TOKEN_BUDGET, seed: int = 13) -> np.ndarray:
+    """The tag ids of the tokens `token_embeddings` returns, from tokenisation alone (no forward pass)."""
+    features = tokenize(dataset, encoder.tokenizer, options or EmbedOptions())
+    return token_sample(features, budget=budget, seed=seed).tags
+
+
+def token_embeddings(dataset: Dataset, encoder: Encoder, state_dict: Mapping[str, torch.Tensor] | None = None,
+                     options: EmbedOptions | None = None, *, budget: int = TOKEN_BUDGET, seed: int = 13,
+                     on_progress: ProgressFn = no_progress) -> tuple[np.ndarray, np.ndarray]:
+    """A sequence-labelling dataset as LogME rows: ((n, H) token vectors, (n,) tag ids), n <= `budget`.
+
+    Each row is the final-layer state of a word's first sub-token (the token the tagging head is
+    trained on), L2-normalised like SEmb's pooled rows so it lies where an ESM's inputs lie. An ESM
+    was fitted on pooled sentence vectors, not on token states, so mapping tokens through it is an
+    approximation (Schulte et al. map pooled features only). Only rows holding a sampled token are
+    run through the encoder. `state_dict` as in `pooled_embeddings`.
+    """
+    options = options or EmbedOptions()
+    features = tokenize(dataset, encoder.tokenizer, options)
+    sample = token_sample(features, budget=budget, seed=seed)
+    if len(sample.tags) < 2:
+        raise ValueError(f"dataset {dataset.name!r} has fewer than 2 tagged tokens")
+    model = encoder.model
+    if state_dict is not None:
+        model = copy.deepcopy(encoder.model)
+        model.load_state_dict(dict(state_dict), strict=True)
+    needed = np.unique(sample.feature)
+    lengths = features.lengths[needed]
+    batches = [needed[b] for b in length_sorted_batches(lengths, options.max_tokens_per_batch,
+                                                        options.max_batch_size)]
+    out = np.empty((len(sample.tags), encoder.hidden_size), dtype=np.float32)
+    by_feature: dict[int, np.ndarray] = {}
+    order = np.argsort(sample.feature, kind="stable")
+    starts = np.searchsorted(sample.feature[order], needed)
+    ends = np.searchsorted(sample.feature[order], needed, side="right")
+    for f, a, b in zip(needed.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        by_feature[f] = order[a:b]  # which output rows come from feature f
+    done = 0
+    on_progress(0, len(needed))
+    model.eval()
+    with torch.inference_mode():
+        for batch in iterate(features, batches, encoder.device, with_labels=False):
+            with encoder.autocast():
+                states = model(**batch.model_inputs()).last_hidden_state
+            states = torch.nn.functional.normalize(states.float(), dim=-1).cpu().numpy()
+            for j, f in enumerate(batch.index.tolist()):
+                rows = by_feature[f]
+                out[rows] = states[j, sample.position[rows]]
+            done += len(batch.index)
+            on_progress(done, len(needed))
+    return out, sample.tags
 
 
 def esm_logme_scores(target_rows_base: np.ndarray, labels: np.ndarray, maps: Sequence[EmbeddingSpaceMap],

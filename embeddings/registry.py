@@ -22,6 +22,10 @@ class EmbeddingMethod:
     description: str
     passes: str  # methods with the same pass are computed together
     map_caption: str
+    # A library-side variant: the sources' vectors are computed from something a target does not have
+    # (its fine-tuned checkpoint), so a target is embedded with `target_method` and searched against
+    # this method's library vectors. Such a method is not in `METHODS` (a dataset alone cannot give it).
+    target_method: str | None = None
 
 
 EMBEDDING_METHODS: dict[str, EmbeddingMethod] = {m.name: m for m in (
@@ -32,8 +36,15 @@ EMBEDDING_METHODS: dict[str, EmbeddingMethod] = {m.name: m for m in (
     EmbeddingMethod("taskemb", "TaskEmb", "Fisher information of a briefly trained head", "taskemb",
                     "PCA of the TaskEmb vectors: the {n} Fisher components every task has, each L2-normalised, "
                     "concatenated"),
+    EmbeddingMethod("taskemb_ft", "TaskEmb (fine-tuned sources)",
+                    "Fisher information of each source's fine-tuned encoder (its practitioner-regime checkpoint) "
+                    "with a head fitted on its frozen states", "checkpoint",
+                    "PCA of the sources' checkpoint-based TaskEmb vectors: the {n} Fisher components, each "
+                    "L2-normalised, concatenated (the target is its briefly trained TaskEmb)",
+                    target_method="taskemb"),
 )}
-METHODS: tuple[str, ...] = tuple(EMBEDDING_METHODS)
+# The methods a dataset can be embedded with on its own (the CLI's `embed`, the library's build options).
+METHODS: tuple[str, ...] = tuple(m.name for m in EMBEDDING_METHODS.values() if m.target_method is None)
 
 
 def in_pass(methods: Iterable[str], name: str) -> list[str]:

@@ -5,16 +5,23 @@ back-propagated and the squared gradients with respect to the encoder's outputs 
 output, each layer's attention output and layer output) are accumulated, and optionally those
 with respect to the encoder parameters. Gradients are read by tensor hooks during the backward
 pass and folded into per-component accumulators, so memory is flat in the number of rows.
+
+`fisher_embedding_from_checkpoint` is the same Fisher read from an encoder fine-tuned on the task
+(Vu et al. 2020 compute TaskEmb from a model fine-tuned on the task): the cached source checkpoint
+is loaded into a copy of the base encoder, the head is fitted on its frozen states, and the
+components are accumulated exactly as above, so the vectors have the same layout.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -133,6 +140,60 @@ def fisher_embedding(dataset: Dataset, encoder: Encoder, options: TaskEmbOptions
         num_examples=len(dataset), num_features=len(features), num_tokens=features.num_tokens,
         options={**options.to_dict(), "components": list(options.components)}, versions=library_versions(),
         seconds=time.perf_counter() - started)
+
+
+FINETUNED_METHOD = "taskemb_ft"
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """The checkpoint file's sha256 (first 16 hex digits): which fine-tuned weights a vector came from."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def fisher_embedding_from_checkpoint(dataset: Dataset, encoder: Encoder, checkpoint: str | Path,
+                                     options: TaskEmbOptions | None = None,
+                                     on_progress: ProgressFn = no_progress) -> EmbeddingResult:
+    """TaskEmb of a dataset read from the encoder fine-tuned on it (`taskemb_ft`).
+
+    `checkpoint`: an encoder body's safetensors (head dropped), as `embeddings.transfer` caches a
+    source's practitioner-regime training, with its `.json` sidecar beside it when there is one.
+    The fine-tuned weights are loaded into a copy of `encoder.model` (the shared encoder is never
+    modified); the head is then fitted on the frozen fine-tuned states (`train_scope` must be
+    "head": the encoder is already trained on the task, and the head the checkpoint dropped is
+    refitted cheaply) and the Fisher accumulated as in `fisher_embedding`. The result keeps the
+    base encoder's name and weights hash (the library key), method `taskemb_ft`, and records the
+    checkpoint (file name, sha256, the regime it was trained with) in its options.
+    """
+    from safetensors.torch import load_file
+
+    from embeddings.transfer import source_checkpoint_info
+
+    options = options or TaskEmbOptions()
+    if options.train_scope != "head":
+        raise ValueError("a checkpoint-based TaskEmb fits only the head on the fine-tuned encoder (train_scope='head')")
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"no fine-tuned checkpoint at {path}")
+    started = time.perf_counter()
+    base_hash = encoder.weights_hash
+    model = copy.deepcopy(encoder.model)
+    model.load_state_dict(load_file(str(path), device=str(encoder.device)), strict=True)
+    model.eval()
+    tuned = replace(encoder, model=model, _hash=None)
+    result = fisher_embedding(dataset, tuned, options, on_progress)
+    info = source_checkpoint_info(path)
+    provenance: dict[str, Any] = {
+        "encoder_state": "source_checkpoint", "checkpoint": path.name, "checkpoint_sha256": checkpoint_sha256(path),
+        "finetuned_weights_hash": tuned.weights_hash,
+        "source_regime": info.get("options"), "source_rows": info.get("rows"),
+        "source_dev_score": info.get("dev_score"), "source_best_step": info.get("best_step"),
+    }
+    return replace(result, method=FINETUNED_METHOD, model_hash=base_hash,
+                   options={**result.options, **provenance}, seconds=time.perf_counter() - started)
 
 
 def _standardise(labels: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from embeddings.api import EMBEDDING_METHODS, embed_many
 from embeddings.data import Dataset, LoadLimits, load_dataset
 from embeddings.encoders import Encoder
 from embeddings.options import EmbedOptions, ProgressFn, TaskEmbOptions, library_versions, no_progress
-from embeddings.registry import in_pass
+from embeddings.registry import METHODS, in_pass
 from embeddings.result import EmbeddingResult
 from library.errors import LibraryError
 from library.methods import RANKING_METHODS
@@ -49,20 +49,20 @@ class BuildOptions:
 
     max_rows: int = 1000
     seed: int = 13
-    methods: tuple[str, ...] = tuple(EMBEDDING_METHODS)
+    methods: tuple[str, ...] = METHODS  # not the library-side variants (taskemb_ft): no dataset alone gives them
     embed: EmbedOptions = field(default_factory=EmbedOptions)
     taskemb: TaskEmbOptions = field(default_factory=TaskEmbOptions)
 
     def __post_init__(self) -> None:
         if self.max_rows < 1:
             raise ValueError("max_rows must be at least 1")
-        unknown = [m for m in self.methods if m not in EMBEDDING_METHODS]
+        unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(
-                f"methods must be a non-empty subset of {', '.join(EMBEDDING_METHODS)}, got {list(self.methods)}"
+                f"methods must be a non-empty subset of {', '.join(METHODS)}, got {list(self.methods)}"
             )
         # Canonical order, no duplicates: the identity must not depend on how methods were listed.
-        object.__setattr__(self, "methods", tuple(m for m in EMBEDDING_METHODS if m in self.methods))
+        object.__setattr__(self, "methods", tuple(m for m in METHODS if m in self.methods))
 
     def embed_options(self) -> EmbedOptions:
         return self.embed
@@ -145,9 +145,12 @@ def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def methods_for(method: str) -> tuple[str, ...]:
-    """The embedding methods a ranking method (or an embedding method itself) needs."""
+    """The embedding methods a ranking method (or an embedding method itself) needs of a target.
+
+    A library-side variant (`taskemb_ft`) is searched with the target's `target_method` embedding.
+    """
     if method in EMBEDDING_METHODS:
-        return (method,)
+        return (EMBEDDING_METHODS[method].target_method or method,)
     return RANKING_METHODS.get(method).needs
 
 

@@ -7,9 +7,14 @@ A bundle is a directory with two or three files:
   the build options, the last build record, the exporting library's version, and the sha256 of
   every other file of the bundle.
 * `vectors.npz`: float32 vectors keyed `task/method/component` (prefixed `m<i>/` when a library
-  holds several models).
-* `maps.npz` (when the library has per-source maps, e.g. ESMs): fp16 `task/kind/weight` and
-  `task/kind/bias`, described under `maps` in the manifest (model, checkpoint, fit quality).
+  holds several models). The sources' checkpoint-based TaskEmb (`taskemb_ft`) is added to an
+  exported bundle by `write_bundle_embeddings` (its options on each task's first component only).
+* `maps.npz` (when the library has per-source maps, e.g. ESMs): `task/kind/model/weight_int8`,
+  `.../weight_scale` and `.../weight_diagonal` (`embeddings.esm.quantise_rows`: the diagonal in fp16,
+  the other entries symmetric int8 with one fp16 scale per row: half the bytes of fp16, so all 20
+  ESMs fit the shipped library's 5 MB; rankings measured unchanged, `bench/esm_storage.py`) and
+  fp16 `.../bias`, described under `maps` in the manifest (model, checkpoint, fit quality, `encoding`).
+  Bundles written before that hold an fp16 `.../weight` instead and are read as before.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ MANIFEST = "manifest.json"
 VECTORS = "vectors.npz"
 MAPS = "maps.npz"
 MAP_KINDS = ("esm",)
+SHIPPED_VARIANT = "taskemb_ft"  # library-side vectors added to a bundle after its export (write_bundle_embeddings)
+MAP_ENCODING = "int8_row"  # maps.npz weights: int8 codes, an fp16 scale per row, fp16 diagonal (older: fp16)
 
 
 def default_library_path() -> Path:
@@ -146,27 +153,42 @@ def export_library(store: LibraryStore, path: str | Path) -> ExportReport:
 
 
 def _export_maps(store: LibraryStore) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    from embeddings.esm import quantise_rows
+
     entries, arrays = [], {}
     for kind in MAP_KINDS:
         for m in store.source_maps(kind):
             key = f"{m.task_name}/{kind}/{m.model_hash}"
-            arrays[f"{key}/weight"] = m.weight.astype("<f2")
+            for part, array in quantise_rows(m.weight).items():
+                arrays[f"{key}/{part}"] = array.astype(array.dtype.newbyteorder("<"))
             arrays[f"{key}/bias"] = m.bias.astype("<f2")
             entries.append({"task": m.task_name, "kind": kind, "model_name": m.model_name,
-                            "model_hash": m.model_hash, "checkpoint": m.checkpoint, "array": key, "info": m.info})
+                            "model_hash": m.model_hash, "checkpoint": m.checkpoint, "array": key,
+                            "encoding": MAP_ENCODING, "info": m.info})
     return entries, arrays
+
+
+def _map_weight(arrays: Any, key: str) -> np.ndarray:
+    """A map's weight from maps.npz: int8 codes and row scales, or an older bundle's fp16 weight."""
+    from embeddings.esm import INT8_KEYS, dequantise_rows
+
+    if f"{key}/weight" in arrays.files:
+        return np.asarray(arrays[f"{key}/weight"], dtype=np.float32)
+    return dequantise_rows({part: arrays[f"{key}/{part}"] for part in INT8_KEYS if f"{key}/{part}" in arrays.files})
 
 
 def write_bundle_maps(store: LibraryStore, path: str | Path) -> int:
     """Put the store's per-source maps into an existing bundle (its tasks and vectors untouched): how
     ESMs fitted after a library was exported are shipped. Returns the number of maps written."""
+    from embeddings.esm import INT8_KEYS
+
     path = Path(path)
     manifest = read_manifest(path)
     shipped = {t["name"]: t.get("data_hash") for t in manifest.get("tasks") or []}
     entries, arrays = _export_maps(store)
     tasks = {t.name: t for t in store.list_tasks()}
     keep = [e for e in entries if e["task"] in shipped and tasks[e["task"]].data_hash == shipped[e["task"]]]
-    keys = {f"{e['array']}/{part}" for e in keep for part in ("weight", "bias")}
+    keys = {f"{e['array']}/{part}" for e in keep for part in (*INT8_KEYS, "bias")}
     files = dict(manifest.get("files") or {})
     if keep:
         _atomic(path / MAPS, lambda fh: np.savez(fh, **cast(dict[str, Any], {k: v for k, v in arrays.items() if k in keys})))
@@ -204,9 +226,78 @@ def import_maps(store: LibraryStore, path: str | Path, manifest: dict[str, Any] 
             if task.id in have:
                 continue
             store.put_source_map(task.id, entry["kind"], entry["model_name"], entry["model_hash"],
-                                 entry["checkpoint"], arrays[f"{entry['array']}/weight"],
+                                 entry["checkpoint"], _map_weight(arrays, entry["array"]),
                                  arrays[f"{entry['array']}/bias"], entry.get("info") or {})
             added.append(entry["task"])
+    return added
+
+
+def write_bundle_embeddings(store: LibraryStore, path: str | Path, method: str) -> list[str]:
+    """Put the store's `method` vectors into an existing bundle (every other vector untouched): how the
+    sources' checkpoint-based TaskEmb (`taskemb_ft`), computed after a library was exported, is shipped.
+
+    Only tasks the bundle has with the same data get them; the bundle's previous `method` vectors are
+    replaced. The options (the same for every component of one task's embedding) are written on its
+    first component's entry only, which is the one an import reads (`_results`): a third of the size.
+    Returns the tasks written.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    tasks = {t.name: t for t in store.list_tasks()}
+    models = sorted({(m["name"], m["hash"]) for m in manifest.get("models") or []})
+    prefixes = {m: (f"m{i}/" if len(models) > 1 else "") for i, m in enumerate(models)}
+    written = []
+    with np.load(path / VECTORS, allow_pickle=False) as old:
+        arrays = {k: old[k] for k in old.files}
+    for entry in manifest.get("tasks") or []:
+        for e in entry["embeddings"]:
+            if e["method"] == method:
+                arrays.pop(e["array"], None)
+        entry["embeddings"] = [e for e in entry["embeddings"] if e["method"] != method]
+        task = tasks.get(entry["name"])
+        if task is None or task.data_hash != entry.get("data_hash"):
+            continue
+        stored = [e for e in store.task_embeddings(task.id)
+                  if e.method == method and (e.model_name, e.model_hash) in prefixes]
+        taken = set(arrays)
+        for i, e in enumerate(stored):
+            key = _array_key(prefixes[(e.model_name, e.model_hash)], task.name, e.method, e.component, taken)
+            arrays[key] = e.vector.astype("<f4")
+            entry["embeddings"].append({"model_name": e.model_name, "model_hash": e.model_hash, "method": e.method,
+                                        "component": e.component, "dim": int(e.vector.shape[0]), "array": key,
+                                        **({"options": e.options} if i == 0 else {})})
+        if stored:
+            written.append(task.name)
+    _atomic(path / VECTORS, lambda fh: np.savez(fh, **cast(dict[str, Any], arrays)))
+    manifest["files"] = {**(manifest.get("files") or {}), VECTORS: _sha256(path / VECTORS)}
+    text = json.dumps(manifest, indent=1, sort_keys=False, ensure_ascii=False) + "\n"
+    _atomic(path / MANIFEST, lambda fh: fh.write(text.encode("utf-8")))
+    return written
+
+
+def import_method_embeddings(store: LibraryStore, path: str | Path, method: str,
+                             manifest: dict[str, Any] | None = None) -> list[str]:
+    """The bundle's `method` vectors for tasks the store has with the same data and no such vectors yet;
+    returns the tasks given them. How a store that imported the library before `taskemb_ft` shipped gets
+    it; vectors the operator built are never overwritten."""
+    path = Path(path)
+    manifest = manifest if manifest is not None else read_manifest(path)
+    models = {k.model_hash for k in store.keys()}
+    added = []
+    with np.load(path / VECTORS, allow_pickle=False) as arrays:
+        for entry in manifest.get("tasks") or []:
+            if not any(e["method"] == method and e["model_hash"] in models for e in entry["embeddings"]):
+                continue
+            task = store.get_task(entry["name"])
+            if task is None or task.data_hash != entry.get("data_hash"):
+                continue
+            if any(e.method == method for e in store.task_embeddings(task.id)):
+                continue
+            part = {**entry, "embeddings": [e for e in entry["embeddings"]
+                                            if e["method"] == method and e["model_hash"] in models]}
+            for result in _results(part, arrays):
+                store.add_embedding(task.id, result)
+            added.append(task.name)
     return added
 
 
@@ -433,6 +524,8 @@ def ensure_default_library(store: LibraryStore, path: str | Path | None = None) 
     if store.list_tasks():
         if (path / MANIFEST).is_file() and (path / MAPS).is_file() and not store.source_maps("esm"):
             import_maps(store, path)  # maps shipped after this store imported the library
+        if (path / MANIFEST).is_file() and not any(k.method == SHIPPED_VARIANT for k in store.keys()):
+            import_method_embeddings(store, path, SHIPPED_VARIANT)  # shipped after this store's import
         return None
     if not (path / MANIFEST).is_file():
         return None

@@ -21,7 +21,7 @@ import numpy as np
 
 from embeddings.data import Dataset, LoadLimits, TaskType, load_dataset
 from embeddings.encoders import Encoder
-from embeddings.esm import fit_esm, pooled_embeddings
+from embeddings.esm import fit_esm, pooled_embeddings, token_embeddings, token_tags
 from embeddings.options import EmbedOptions, ProgressFn, no_progress
 from embeddings.transfer import TransferOptions, source_checkpoint_path
 from library.errors import LibraryError
@@ -103,13 +103,15 @@ def build_esms(store: LibraryStore, data_dir: Path, encoder: Encoder, checkpoint
 
 
 def target_labels(dataset: Dataset) -> tuple[np.ndarray, bool]:
-    """(labels, regression) for LogME: class ids or float scores; a clear error for what it cannot score."""
+    """(labels, regression) for LogME: class ids or float scores; a clear error for what it cannot score.
+
+    For sequence labelling: every word's tag id (LogME scores a token sample of them, `row_labels`).
+    """
     if dataset.task_type == TaskType.QUESTION_ANSWERING:
-        raise LibraryError("LogME-based ranking is not supported for question answering: "
-                           "use textemb, semb or taskemb")
+        raise LibraryError("LogME-based ranking is not supported for question answering (answer spans are "
+                           "not labels of rows or tokens): use textemb, semb or taskemb")
     if dataset.task_type == TaskType.SEQUENCE_LABELING:
-        raise LibraryError("LogME-based ranking is not supported for sequence labelling yet: "
-                           "use textemb, semb or taskemb")
+        return _tag_ids(dataset), False
     values = [getattr(e, "label", None) for e in dataset.examples]
     if any(v is None or v == "" for v in values):
         raise LibraryError("LogME-based ranking needs a label on every row (this target has unlabelled rows): "
@@ -121,3 +123,35 @@ def target_labels(dataset: Dataset) -> tuple[np.ndarray, bool]:
         raise LibraryError("LogME-based ranking needs at least two classes in the target's labels")
     index = {n: i for i, n in enumerate(names)}
     return np.asarray([index[str(v)] for v in values], dtype=np.int64), False
+
+
+def _tag_ids(dataset: Dataset) -> np.ndarray:
+    tags = [t for e in dataset.examples for t in getattr(e, "tags", None) or []]
+    if not tags or any(t is None or t == "" for t in tags):
+        raise LibraryError("LogME-based ranking needs a tag on every word (this target has untagged words): "
+                           "use textemb or semb")
+    names = sorted(set(tags))
+    if len(names) < 2:
+        raise LibraryError("LogME-based ranking needs at least two distinct tags in the target")
+    index = {n: i for i, n in enumerate(names)}
+    return np.asarray([index[t] for t in tags], dtype=np.int64)
+
+
+def row_labels(dataset: Dataset, encoder: Encoder, options: EmbedOptions) -> tuple[np.ndarray, bool]:
+    """What LogME scores the target's rows against: a label per row, or for sequence labelling the tag of
+    each token in the target's token sample (`embeddings.esm.TOKEN_BUDGET` tokens, from tokenisation)."""
+    labels, regression = target_labels(dataset)
+    if dataset.task_type != TaskType.SEQUENCE_LABELING:
+        return labels, regression
+    tags = token_tags(dataset, encoder, options)
+    if len(np.unique(tags)) < 2:
+        raise LibraryError("the target's token sample has fewer than two distinct tags")
+    return tags, False
+
+
+def row_features(dataset: Dataset, encoder: Encoder, state_dict: Any, options: EmbedOptions) -> np.ndarray:
+    """The target's LogME rows under the base encoder (`state_dict` None) or a fine-tuned one: pooled
+    sentence rows, or for sequence labelling the token sample's first-sub-token states (`token_embeddings`)."""
+    if dataset.task_type == TaskType.SEQUENCE_LABELING:
+        return token_embeddings(dataset, encoder, state_dict, options)[0]
+    return pooled_embeddings(dataset, encoder, state_dict, options)

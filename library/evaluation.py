@@ -420,6 +420,18 @@ def informativeness(
 
 # -- the source prior -----------------------------------------------------------------------------------
 
+def source_mean_gains(gains: Mapping[str, Mapping[str, float]], sources: Sequence[str],
+                      exclude: Collection[str] = ()) -> dict[str, tuple[float | None, int]]:
+    """Each source's mean relative gain over the targets of `gains` (target -> source -> gain) other than
+    `exclude`, and on how many targets it was measured; (None, 0) when on none. The source prior's one
+    computation: `source_prior` and the learned ranker's prior feature (`library.ranker`) both use it."""
+    out: dict[str, tuple[float | None, int]] = {}
+    for s in sources:
+        others = [g[s] for u, g in gains.items() if u not in exclude and s in g]
+        out[s] = (fmean(others) if others else None, len(others))
+    return out
+
+
 def source_prior(table: TransferTable, targets: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """Leave-one-target-out: for each target, its sources ordered by their mean relative gain over the
     *other* targets (of `targets`, default all) on which they were measured. Sources measured on no
@@ -428,12 +440,9 @@ def source_prior(table: TransferTable, targets: Sequence[str] | None = None) -> 
     gains = {t: table.gains(t) for t in targets}
     out: dict[str, dict[str, Any]] = {}
     for t in targets:
-        prior: dict[str, float | None] = {}
-        counts: dict[str, int] = {}
-        for s in table.sources(t):
-            others = [gains[u][s] for u in targets if u != t and s in gains[u]]
-            prior[s] = fmean(others) if others else None
-            counts[s] = len(others)
+        means = source_mean_gains(gains, table.sources(t), exclude=(t,))
+        prior = {s: m for s, (m, _) in means.items()}
+        counts = {s: n for s, (_, n) in means.items()}
         ranking = sorted(prior, key=lambda s: (prior[s] is None, -(prior[s] or 0.0), s))
         out[t] = {"ranking": ranking, "mean_gain": prior, "n_targets": counts}
     return out

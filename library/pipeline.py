@@ -75,25 +75,36 @@ def rank_target(dataset: Dataset, library: SourceLibrary, encoder: Encoder, meth
     spec = RANKING_METHODS.get(method)  # an unknown method fails before any work
     options = ranking_options(library.store, encoder, token_budget)
     rows = None
-    if spec.needs_rows:
+    sample = dataset.subsample(options.max_rows, options.seed) if spec.needs_rows or spec.wants_rows else None
+    if sample is not None:
         from library.esm import target_labels
 
-        sample = dataset.subsample(options.max_rows, options.seed)
-        target_labels(sample)  # an unlabelled or unsupported target fails before any embedding
+        try:
+            target_labels(sample)  # an unlabelled or unsupported target fails before any embedding
+        except LibraryError:
+            if spec.needs_rows:
+                raise
+            sample = None  # a method that only wants the rows ranks without them
+    if sample is not None:
         rows = TargetRows(dataset=sample, encoder=encoder, embed_options=options.embed_options(),
                           store=library.store, checkpoint_dirs=tuple(checkpoint_dirs),
                           target_hash=dataset.content_hash)
+        rows_key = options.options_hash
+        if sample.task_type.value == "sequence_labeling":  # a token sample: its size is part of the key
+            from embeddings.esm import TOKEN_BUDGET
+
+            rows_key = f"{rows_key}:tokens{TOKEN_BUDGET}"
         if cache is not None:
-            rows.features = cache.get_rows(dataset.content_hash, encoder.weights_hash, options.options_hash)
+            rows.features = cache.get_rows(dataset.content_hash, encoder.weights_hash, rows_key)
         if rows.features is None:
             if on_stage is not None:
                 on_stage("embedding the target's rows")
             features = rows.base_features()
             if cache is not None:
-                cache.put_rows(dataset.content_hash, encoder.weights_hash, options.options_hash, features)
+                cache.put_rows(dataset.content_hash, encoder.weights_hash, rows_key, features)
     targets = target_embeddings(dataset, encoder, method, options, cache=cache, on_progress=on_progress,
                                 on_stage=on_stage)
     if on_stage is not None:
         on_stage("ranking")
     return library.rank(targets, method, top_k=top_k, all_class=all_class, exclude_hash=dataset.content_hash,
-                        rows=rows)
+                        rows=rows, dataset=dataset)

@@ -221,7 +221,9 @@ def _target_point(store: LibraryStore, vectors: LibraryVectors, projection: Proj
                   data_dir: str | Path | None) -> tuple[dict[str, Any] | None, str | None]:
     if data_dir is None:
         return None, "no embedding cache to read the target from"
-    result = find_target_embedding(data_dir, str(target.get("hash") or ""), vectors.method, vectors.model_hash,
+    # A library-side variant (taskemb_ft) is searched with the target's own method's embedding.
+    method = EMBEDDING_METHODS[vectors.method].target_method or vectors.method
+    result = find_target_embedding(data_dir, str(target.get("hash") or ""), method, vectors.model_hash,
                                    _options_hash(store))
     if result is None:
         return None, "the target's embedding is not in the worker's cache"

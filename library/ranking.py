@@ -36,7 +36,7 @@ class RankedSource:
     num_train: int
     score: float  # fused RRF score; the similarity for textemb / semb
     rank: int  # 1-based
-    details: dict[str, dict[str, float | int]] = field(default_factory=dict)  # part -> {"rank", "similarity"}
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> {"rank", "similarity"}
 
 
 @dataclass
@@ -46,6 +46,8 @@ class Ranking:
     library_version: str
     target: RankingTarget
     sources: list[RankedSource]
+    info: dict[str, Any] = field(default_factory=dict)  # from the method (the learned ranker's version, ...)
+    notes: list[str] = field(default_factory=list)  # what the user should know, e.g. sources a method left out
 
     def names(self) -> list[str]:
         return [s.name for s in self.sources]
@@ -76,6 +78,7 @@ class SourceLibrary:
         all_class: bool = False,
         exclude_hash: str | None = None,
         rows: TargetRows | None = None,
+        dataset: Any = None,
     ) -> Ranking:
         """Rank sources for the target embedded under `targets[method]` (ensemble: all three methods).
 
@@ -113,20 +116,30 @@ class SourceLibrary:
         eligible = {
             t.id: t
             for t in self.store.list_tasks()
-            if (all_class or t.task_type == target.task_type) and t.data_hash not in excluded
+            if (all_class or spec.ranks_all or t.task_type == target.task_type) and t.data_hash not in excluded
         }
 
-        per_embedding: dict[str, list[Entry]] = {}
+        per_embedding: dict[tuple[str, str], list[Entry]] = {}
 
-        def by_embedding(part: str) -> list[Entry]:
-            """Each embedding's ranking once per request, however many times a method asks for it."""
-            if part not in per_embedding:
+        def by_embedding(part: str, against: str | None = None) -> list[Entry]:
+            """Each embedding's ranking once per request, however many times a method asks for it.
+
+            `against`: search the library's vectors of this method (a library-side variant of `part`).
+            """
+            key = (part, against or part)
+            if key not in per_embedding:
                 if part not in parts:
                     raise LibraryError(f"the {method} method asked for {part!r}, which it does not list in needs")
-                per_embedding[part] = self._rank_method(parts[part], eligible)
-            return [replace(e, details=dict(e.details)) for e in per_embedding[part]]
+                per_embedding[key] = self._rank_method(parts[part], eligible, against)
+            return [replace(e, details=dict(e.details)) for e in per_embedding[key]]
 
-        entries = spec.rank(RankContext(targets=parts, eligible=eligible, by_embedding=by_embedding, rows=rows))
+        context = RankContext(targets=parts, eligible=eligible, by_embedding=by_embedding, rows=rows,
+                              store=self.store, dataset=dataset)
+        entries = spec.rank(context)
+        if spec.ranks_all and not all_class:
+            entries = [e for e in entries if e.task.task_type == target.task_type]
+            for rank, e in enumerate(entries, start=1):
+                e.rank = rank
 
         sources = [
             RankedSource(
@@ -146,6 +159,8 @@ class SourceLibrary:
             library_version=version,
             target=target,
             sources=sources,
+            info=context.info,
+            notes=list(context.notes),
         )
 
     @staticmethod
@@ -158,38 +173,43 @@ class SourceLibrary:
                 )
         return RankingTarget(name=first.dataset_name, hash=first.dataset_hash, task_type=first.task_type)
 
-    def _rank_method(self, result: EmbeddingResult, eligible: dict[int, SourceTask]) -> list[Entry]:
-        """One embedding's ranking: a single vector as is, TaskEmb's components fused by RRF."""
+    def _rank_method(self, result: EmbeddingResult, eligible: dict[int, SourceTask],
+                     against: str | None = None) -> list[Entry]:
+        """One embedding's ranking: a single vector as is, TaskEmb's components fused by RRF.
+
+        `against`: the library method whose vectors are searched (default the target's own method).
+        """
+        library_method = against or result.method
         if result.method != "taskemb":
             if len(result.vectors) != 1:
                 raise LibraryError(
                     f"a {result.method} target must have exactly one vector, got {result.components}"
                 )
             component = result.components[0]
-            entries = self._rank_component(result, component, eligible)
+            entries = self._rank_component(result, component, eligible, library_method)
             for e in entries:
                 e.details = {component: {"rank": e.rank, "similarity": e.similarity}}
             return entries
-        components = self._taskemb_components(result)
-        return rrf({c: self._rank_component(result, c, eligible) for c in components})
+        components = self._taskemb_components(result, library_method)
+        return rrf({c: self._rank_component(result, c, eligible, library_method) for c in components})
 
-    def _taskemb_components(self, result: EmbeddingResult) -> list[str]:
+    def _taskemb_components(self, result: EmbeddingResult, library_method: str = "taskemb") -> list[str]:
         """Components both the target and the library have (a library built with fewer layers still works)."""
         library = {
             k.component
             for k in self.store.keys()
-            if k.method == "taskemb" and k.model_name == result.model_name
+            if k.method == library_method and k.model_name == result.model_name
         }
         if not library:
             others = sorted(
-                {f"{k.model_name} (hash {k.model_hash})" for k in self.store.keys() if k.method == "taskemb"}
+                {f"{k.model_name} (hash {k.model_hash})" for k in self.store.keys() if k.method == library_method}
             )
             if others:
                 raise LibraryError(
                     f"library built with model {others[0]}, target embedded with {result.model_name} "
                     f"(hash {result.model_hash}): re-embed the target with the library's model"
                 )
-            raise LibraryError("the library has no taskemb embeddings")
+            raise LibraryError(f"the library has no {library_method} embeddings")
         shared = sorted(set(result.vectors) & library)
         if not shared:
             raise LibraryError(
@@ -198,11 +218,12 @@ class SourceLibrary:
         return shared
 
     def _rank_component(
-        self, result: EmbeddingResult, component: str, eligible: dict[int, SourceTask]
+        self, result: EmbeddingResult, component: str, eligible: dict[int, SourceTask],
+        library_method: str | None = None,
     ) -> list[Entry]:
         vector = result.vectors[component]
         index = self.indexes.for_target(
-            result.model_name, result.model_hash, result.method, component, int(vector.shape[0])
+            result.model_name, result.model_hash, library_method or result.method, component, int(vector.shape[0])
         )
         ids, sims = index.search(vector, index.ntotal)  # exact ranking over the whole (small) library
         entries = [

@@ -172,12 +172,15 @@ def evaluate_transfer_table(
     a method that cannot rank some target (no rows, no maps, no checkpoints) is left out of the
     scores and listed under "skipped_methods" with the reason, rather than failing the evaluation.
 
+    A trained method (the learned ranker) is left out by default: the table's targets may be its training
+    rows; its own figures are leave-one-target-out (`library.ranker.validate`).
+
     Targets must be library tasks (their stored embeddings are the query). All classes are ranked
     (the table decides which sources count); the target itself is excluded by its data hash. Measured
     sources that are not in the library count as ranked last (see `library.evaluation`); they are
     listed under "missing_sources". Adds the random and DataSize (num_train) baselines.
     """
-    methods = list(methods) if methods is not None else list(RANKING_METHODS.names())
+    methods = list(methods) if methods is not None else [m.name for m in RANKING_METHODS if not m.trained]
     store = library.store
     tasks = {t.name: t for t in store.list_tasks()}
     unknown = [t for t in table.targets() if t not in tasks]
@@ -189,6 +192,7 @@ def evaluate_transfer_table(
     rankings: dict[str, dict[str, list[str]]] = {m: {} for m in methods}
     missing: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
+    notes: dict[str, dict[str, str]] = {}
     for target in table.targets():
         stored = stored_targets(store, tasks[target])
         for method in methods:
@@ -203,11 +207,16 @@ def evaluate_transfer_table(
                 ranking = library.rank({m: stored[m] for m in needed}, method, top_k=max(len(tasks), 1),
                                        all_class=True, rows=rows)
             except LibraryError as exc:
-                if not spec.needs_rows:
+                if not (spec.needs_rows or spec.needs_library):
                     raise
                 skipped[method] = f"{target}: {exc}"
                 continue
             rankings[method][target] = ranking.names()
+            left_out = [s for s in table.sources(target) if s in tasks and s not in ranking.names()]
+            if spec.needs_library and left_out:  # measured sources without the library-side vectors
+                notes.setdefault(method, {})[target] = (
+                    f"{method}: measured source(s) {', '.join(left_out)} have no {', '.join(spec.needs_library)} "
+                    "vectors and count as ranked last")
         gone = [s for s in table.sources(target) if s not in tasks]
         if gone:
             missing[target] = gone
@@ -216,6 +225,7 @@ def evaluate_transfer_table(
         rankings.pop(method, None)
     result = evaluate(table, rankings, source_sizes=sizes, **kwargs)
     result["skipped_methods"] = skipped
+    result["method_notes"] = {m: n for m, n in notes.items() if m not in skipped}
     result["missing_sources"] = missing
     result["library_version"] = store.version()
     return result

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
         300.0, gt=0, description="A queued job unstarted this long is dispatched again (a broker lost it).")
     sweep_interval: float = Field(15.0, gt=0, description="Seconds between a worker's sweeps for lost jobs.")
 
+    ranker_refit_after: int = Field(
+        20, ge=1, description="The learned ranker refits (a job on the train queue) after this many new transfer "
+                              "results in its regime.")
+    transfer_matrix: Path | None = Field(
+        None, description="The transfer matrix the learned ranker trains on (default: the shipped "
+                          "library/default/transfer_matrix.csv).")
+    ranker_esm_features: bool = Field(
+        True, description="Fit the learned ranker with ESM-LogME features (embeds each matrix target's rows once).")
+
     shared_data_dir: Path = Field(Path("..") / "shared" / "data",
                                   description="Task folders used as library sources' training data when "
                                               "data_dir/sources does not exist (relative to the working directory).")
@@ -76,6 +85,12 @@ class Settings(BaseSettings):
     @property
     def paths(self) -> DataPaths:
         return DataPaths(self.data_dir)
+
+    @property
+    def resolved_transfer_matrix(self) -> Path:
+        from library.transfers import DEFAULT_MATRIX
+
+        return self.transfer_matrix or DEFAULT_MATRIX
 
     @property
     def resolved_database_url(self) -> str:

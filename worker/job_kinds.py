@@ -17,7 +17,7 @@ from library.jobs import JobStore
 from library.service import LibraryService
 from library.settings import Settings
 from worker import runner
-from worker.payloads import AddSourcePayload, RankPayload, TransferPayload
+from worker.payloads import AddSourcePayload, RankerFitPayload, RankPayload, TransferPayload
 
 EMBED_QUEUE = "embed"
 TRAIN_QUEUE = "train"
@@ -43,5 +43,6 @@ JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("rank", RankPayload, runner.run_rank, EMBED_QUEUE),
     JobKind("add_source", AddSourcePayload, runner.run_add_source, EMBED_QUEUE),
     JobKind("transfer", TransferPayload, runner.run_transfer, TRAIN_QUEUE),
+    JobKind("ranker_fit", RankerFitPayload, runner.run_ranker_fit, TRAIN_QUEUE),
 )}
 TASK_NAMES = {kind.name: kind.task_name for kind in JOB_KINDS.values()}

@@ -98,6 +98,13 @@ class AddSourcePayload(BaseModel):
     description: str = ""
 
 
+class RankerFitPayload(BaseModel):
+    """Refit the learned ranker (`library.ranker.fit_ranker`): after enough new transfer results, or by hand."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = ""
+
+
 class SourceRef(BaseModel):
     """Where a source's data is: an operator's task folder (`source_path`) or an upload."""
 

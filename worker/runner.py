@@ -11,7 +11,7 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +23,13 @@ from library.errors import LibraryError
 from library.jobs import JobStore, StoredDataset
 from library.service import LibraryService
 from library.settings import Settings
-from worker.payloads import AddSourcePayload, RankPayload, TransferPayload, TransferRunOptions
+from worker.payloads import (
+    AddSourcePayload,
+    RankerFitPayload,
+    RankPayload,
+    TransferPayload,
+    TransferRunOptions,
+)
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -219,13 +225,122 @@ def run_transfer(job_id: str, store: JobStore, service: LibraryService, settings
             runs.append({"seed": seed, **result.to_dict()})
         shutil.rmtree(run_dir, ignore_errors=True)
         scores = [float(r["score"]) for r in runs]
+        from library.ranker import regime_id
+
         store.succeed_job(job_id, {
             "batch_id": batch.id, "role": params.role, "source": params.source,
             "main_metric": runs[0]["main_metric"], "scores": scores, "mean": statistics.fmean(scores),
             "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "train_rows": len(train),
             "dev_rows": len(dev), **extra,
+            "regime": regime_id(encoder.weights_hash, asdict(options.source), options.source_max_rows),
             "runs": [{k: r[k] for k in ("seed", "score", "metrics", "best_step", "steps", "seconds")}
                      for r in runs]})
+    if job.params.get("role") in ("baseline", "source"):
+        try:
+            record_transfer_results(store, service, settings, params.batch_id or "")
+        except Exception as exc:  # noqa: BLE001 - the transfer succeeded; the ranker learns from it next time
+            log.warning("transfer results of batch %s not recorded: %s", params.batch_id, exc)
+
+
+def record_transfer_results(store: JobStore, service: LibraryService, settings: Settings, batch_id: str) -> int:
+    """Every finished source job of the batch whose baseline has finished too becomes a row of the
+    transfer-results table (once), with the pair's features as the learned ranker computes them; then a
+    refit is queued when enough new results of the ranker's regime have come in. Returns rows added."""
+    from library.ranker_store import RankerStore
+    from library.transfers import UserBatch, user_runs
+
+    batch = store.get_transfer_batch(batch_id)
+    if batch is None or batch.method != "intermediate":
+        return 0
+    jobs = store.transfer_batch_jobs(batch)
+    record = store.get_dataset(batch.target_dataset_id)
+    if record is None:
+        return 0
+    rstore = RankerStore.for_engine(store.engine)
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for run in user_runs([UserBatch(batch, jobs, record.name)]):
+        by_job.setdefault(run["job_id"], []).append(run)
+    todo = [j for j in by_job if j not in rstore.recorded_jobs(list(by_job))]
+    if not todo:
+        return 0
+    features: dict[str, dict[str, Any]] = {}
+    facts: dict[str, Any] | None = None
+    try:  # the pair's features, as a ranking by the learned method computes them (embeddings from the cache)
+        dataset = load_stored_dataset(settings, record)
+        ranking = service.rank(dataset, "learned", top_k=10**6, all_class=True)
+        features = {s.name: {k: v for k, v in s.details.get("learned", {}).get("features", {}).items()
+                             if not k.startswith("prior_")} for s in ranking.sources}
+        facts = ranking.info.get("target_facts")
+    except (LibraryError, DatasetError, ValueError) as exc:
+        log.warning("no features for the transfer results of batch %s: %s", batch_id, exc)
+    added = 0
+    for job_id in todo:
+        runs, result = by_job[job_id], (jobs[job_id].result or {})
+        scores, bases = [r["score"] for r in runs], [r["baseline_score"] for r in runs]
+        source = runs[0]["source"]
+        row = rstore.add_result(
+            job_id=job_id, batch_id=batch.id, source=source, target=record.name, target_hash=record.content_hash,
+            regime=str(result.get("regime") or "unknown"), metric=runs[0].get("metric"),
+            score=statistics.fmean(scores), baseline_score=statistics.fmean(bases),
+            runs=[{"seed": r["seed"], "score": r["score"], "baseline_score": r["baseline_score"]} for r in runs],
+            features=features.get(source), target_facts=facts, owner=batch.owner,
+            info={k: result.get(k) for k in ("source_rows", "train_rows", "dev_rows", "checkpoint_reused",
+                                             "source_checkpoint")}
+            | {"seconds": [r.get("seconds") for r in runs], "steps": [r.get("steps") for r in runs],
+               "batch_size": int((batch.options or {}).get("batch_size") or 16)})
+        added += row is not None
+    if added:
+        from library.ranker import library_model_hash, service_regime
+
+        model_hash = library_model_hash(service.store)
+        _maybe_refit(store, rstore, settings, service_regime(model_hash) if model_hash else None)
+    return added
+
+
+def _maybe_refit(store: JobStore, rstore: Any, settings: Settings, regime: str | None) -> str | None:
+    """Queue a `ranker_fit` job when `settings.ranker_refit_after` results of the ranker's regime came in
+    since the last fit (and no fit is queued or running). Returns the job's id."""
+    versions = rstore.versions()
+    last = max((int(v.trained_on.get("results_max_id") or 0) for v in versions), default=0)
+    if regime is None or rstore.count_results(regime, after_id=last) < settings.ranker_refit_after:
+        return None
+    if any(j.kind == "ranker_fit" for j in store.unfinished_jobs()):
+        return None
+    from worker.job_kinds import JOB_KINDS
+
+    kind = JOB_KINDS["ranker_fit"]
+    job = store.create_job(kind.name, params=RankerFitPayload(reason="new transfer results").model_dump(),
+                           queue=kind.queue)
+    try:
+        from worker.celery_app import make_celery
+
+        make_celery(settings).send_task(kind.task_name, args=[job.id], queue=kind.queue)
+    except Exception as exc:  # noqa: BLE001 - the sweep dispatches queued jobs whose message is missing
+        log.warning("ranker refit %s queued but not dispatched now: %s", job.id, exc)
+    return job.id
+
+
+def run_ranker_fit(job_id: str, store: JobStore, service: LibraryService, settings: Settings) -> None:
+    """Refit the learned ranker on the matrix and every recorded result; activate it if not worse."""
+    from library.ranker import fit_ranker
+    from library.ranker_store import RankerStore
+
+    job = store.start_job(job_id, settings.job_stale_after)
+    if job is None:
+        return
+    if _payload(store, job_id, RankerFitPayload, job.params) is None:
+        return
+    progress = JobProgress(store, job_id, stage="gathering transfers")
+    with _outcome(store, job_id):
+        def stage(text: str) -> None:
+            progress.stage = text
+            progress(0, 1)
+
+        report = fit_ranker(service, RankerStore.for_engine(store.engine), settings.resolved_transfer_matrix,
+                            use_rows=settings.ranker_esm_features, progress=stage)
+        store.succeed_job(job_id, {"version": report.version.id if report.version else None,
+                                   "activated": report.activated, "candidate": report.candidate,
+                                   "compared_with": report.compared_with, "notes": report.notes})
 
 
 def _run_multi_source(job_id: str, store: JobStore, settings: Settings, batch_id: str, params: TransferPayload,

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import math
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -34,7 +34,7 @@ from app.rendering import (  # noqa: E402
 )
 from app.routes.jobs import job_public
 from app.routes.library import task_public
-from app.routes.rankings import ranking_public
+from app.routes.rankings import ranking_public, with_estimates
 from app.schemas import RankMethod
 from embeddings.data import _TEXT_ALIASES
 from library.errors import LibraryError
@@ -70,8 +70,12 @@ def bar_chart(sources: list[dict[str, Any]], method: str) -> dict[str, Any]:
     width, row, top, bottom = 460.0, 28.0, 10.0, 34.0
     plot_x0, plot_x1 = label_w, width - 58
     scores = [float(s["score"]) for s in sources]
-    low = min(0.0, min(scores, default=0.0))
-    high = max(scores, default=1.0)
+    # a learned ranking: expected gain with its interval, and whether the source is unlikely to help
+    learned = [(s.get("details") or {}).get("learned") or {} for s in sources]
+    intervals = [(float(d["low"]), float(d["high"])) if "low" in d else None for d in learned]
+    ends = [v for pair in intervals if pair for v in pair]
+    low = min(0.0, min(scores + ends, default=0.0))
+    high = max(scores + ends, default=1.0)
     if high <= low:
         high = low + 1.0
     ticks = nice_ticks(low, high)
@@ -86,10 +90,18 @@ def bar_chart(sources: list[dict[str, Any]], method: str) -> dict[str, Any]:
     for i, source in enumerate(sources):
         score = float(source["score"])
         x_a, x_b = sorted((zero, sx(score)))
-        bars.append({"name": source["name"], "rank": source["rank"], "y": top + i * row, "h": row - 8,
-                     "x": round(x_a, 2), "w": round(max(x_b - x_a, 1.0), 2), "score": score,
-                     "value": f"{score:.4f}", "value_x": round(max(x_b, zero) + 5, 2),
-                     "colour": TYPE_COLOURS.get(source.get("task_type", ""), OTHER_COLOUR)})
+        bar = {"name": source["name"], "rank": source["rank"], "y": top + i * row, "h": row - 8,
+               "x": round(x_a, 2), "w": round(max(x_b - x_a, 1.0), 2), "score": score,
+               "value": f"{score:.4f}", "value_x": round(max(x_b, zero) + 5, 2),
+               "colour": TYPE_COLOURS.get(source.get("task_type", ""), OTHER_COLOUR)}
+        pair = intervals[i]
+        if pair is not None:
+            lo_x, hi_x = sx(pair[0]), sx(pair[1])
+            bar |= {"value": f"{score:+.1f}%", "lo_x": round(lo_x, 2), "hi_x": round(hi_x, 2),
+                    "value_x": round(max(hi_x, x_b, zero) + 5, 2), "unlikely": bool(learned[i].get("unlikely_to_help")),
+                    "interval": f"{pair[0]:+.1f}% .. {pair[1]:+.1f}%",
+                    "p_helps": f"{float(learned[i].get('p_helps', 0)):.0%}"}
+        bars.append(bar)
     plot_bottom = top + len(sources) * row
     height = plot_bottom + bottom
     return {"width": width, "height": height, "bars": bars, "label_x": plot_x0 - 8, "zero": round(zero, 2),
@@ -269,15 +281,24 @@ def job_page(job_id: str, request: Request, jobs: JobsDep, settings: SettingsDep
 @router.get("/rankings/{ranking_id}/view", response_class=HTMLResponse, include_in_schema=False,
             response_model=None)
 def ranking_page(ranking_id: str, request: Request, jobs: JobsDep, library: LibraryDep, settings: SettingsDep,
-                 owner: Reader) -> HTMLResponse | RedirectResponse:
+                 owner: Reader, sort: Literal["rank", "gain_per_minute"] = "rank") -> HTMLResponse | RedirectResponse:
     ranking = _visible_ranking(jobs, settings, owner, ranking_id)
     if ranking is None:
         return not_found(request, f"ranking {ranking_id}")
-    public = ranking_public(ranking, jobs)
+    public = with_estimates(ranking_public(ranking, jobs), jobs, settings)
     if public.sources is None and public.state in ("queued", "running"):
         return RedirectResponse(f"/jobs/{ranking.job_id}/view", status_code=303)
     dataset = jobs.get_dataset(ranking.dataset_id)
     sources = [s.model_dump() for s in public.sources or []]
+    info = public.info or {}
+    estimates = info.get("estimates") or {}
+    learned = bool(sources) and "expected_gain" in (sources[0]["details"].get("learned") or {})
+    for s in sources:
+        s["estimate"] = estimates.get(s["name"])
+        s["why"] = RANKING_METHODS.get(ranking.method).explain(s["details"]) if ranking.method in RANKING_METHODS \
+            else ""
+    if sort == "gain_per_minute" and estimates:
+        sources.sort(key=lambda s: -((s["estimate"] or {}).get("gain_per_minute") or -math.inf))
     figure = map_data = map_error = None
     if sources:
         map_data, map_error = _library_map(library, settings, ranking.method, ranking)
@@ -285,7 +306,9 @@ def ranking_page(ranking_id: str, request: Request, jobs: JobsDep, library: Libr
             figure = map_figure(map_data, {s["name"]: s["rank"] for s in sources})
     return render(request, "ranking.html", {
         "title": f"Ranking · {(public.target or {}).get('name') or (dataset.name if dataset else ranking_id)}",
-        "ranking": public, "dataset": dataset, "sources": sources, "parts": detail_parts(sources),
+        "ranking": public, "dataset": dataset, "sources": sources,
+        "parts": [] if learned else detail_parts(sources), "learned": learned, "info": info, "sort": sort,
+        "total_minutes": round(sum((s["estimate"] or {}).get("minutes", 0) for s in sources), 1),
         "bars": bar_chart(sources, ranking.method) if sources else None, "map": map_data, "figure": figure,
         "map_error": map_error, "method_label": METHOD_LABELS.get(ranking.method, ranking.method)})
 

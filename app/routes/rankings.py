@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from starlette.concurrency import run_in_threadpool
@@ -14,6 +15,7 @@ from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visib
 from app.routes.jobs import WriterInline, server_timing, store_read
 from app.schemas import Problem, RankingCreate, RankingPublic
 from library.jobs import Job, JobState, StoredDataset, StoredRanking
+from library.ranker_store import RankerStore
 from worker.job_kinds import JOB_KINDS
 from worker.payloads import RankPayload
 
@@ -21,9 +23,12 @@ router = APIRouter(prefix="/rankings", tags=["rankings"])
 
 
 def request_key(content_hash: str, model: str, library_version: str, body: RankingCreate,
-                similarity: str) -> str:
-    """Same data, model, library, similarity and options: the same ranking, answered from the store."""
-    parts = [content_hash, model, library_version, similarity, body.method, body.top_k, body.all_class]
+                similarity: str, ranker_version: int | None = None) -> str:
+    """Same data, model, library, similarity and options (and, for the learned method, the same active
+    ranker version): the same ranking, answered from the store."""
+    parts: list[object] = [content_hash, model, library_version, similarity, body.method, body.top_k, body.all_class]
+    if body.method == "learned":
+        parts.append(ranker_version)
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -37,7 +42,9 @@ def ranking_public(ranking: StoredRanking, jobs: JobsDep, cached: bool = False, 
         state=job.state.value if job else ("succeeded" if ranking.result else "failed"),
         progress=round(100 * (job.progress if job else 1.0), 1),
         library_version=result.get("library_version"), model_name=result.get("model_name"),
-        target=result.get("target"), sources=result.get("sources"), error=job.error if job else None)
+        target=result.get("target"), sources=result.get("sources"), info=result.get("info"),
+        notes=result.get("notes"),
+        error=job.error if job else None)
 
 
 @router.post("", status_code=202, response_model=RankingPublic,
@@ -67,8 +74,9 @@ class _Lookup:
 def _lookup(services: Services, owner: str | None, body: RankingCreate) -> _Lookup:
     jobs, settings = services.jobs, services.settings
     dataset = visible_dataset(jobs, settings, owner, body.dataset_id)
+    ranker_version = RankerStore.for_engine(jobs.engine).active_id() if body.method == "learned" else None
     key = request_key(dataset.content_hash, settings.model, services.library.store.version(), body,
-                      settings.similarity)
+                      settings.similarity, ranker_version)
     return _Lookup(dataset, key, *jobs.find_ranking_with_job(key))
 
 
@@ -111,9 +119,38 @@ def _create(services: Services, owner: str | None, body: RankingCreate,
     return ranking_public(ranking, jobs), status.HTTP_202_ACCEPTED
 
 
+def with_estimates(public: RankingPublic, jobs: JobsDep, settings: SettingsDep) -> RankingPublic:
+    """A learned ranking, with each source's estimated transfer time on this machine and expected gain per
+    minute in `info.estimates` (`library.costs`): read when asked, as the checkpoint cache changes."""
+    if public.method != "learned" or not public.sources:
+        return public
+    from library.costs import cached_checkpoints, estimates, row_rate
+    from library.transfers import read_sidecar, sidecar_path
+
+    results = RankerStore.for_engine(jobs.engine).results()
+    sidecar = read_sidecar(sidecar_path(settings.resolved_transfer_matrix))
+    rate = row_rate(results, sidecar)
+    dataset = jobs.get_dataset(public.dataset_id)
+    cached = cached_checkpoints(settings.paths.checkpoints, sidecar, results)
+    found = estimates([s.model_dump() for s in public.sources], dataset.rows if dataset else None, rate, cached)
+    info = dict(public.info or {}) | {"estimates": found, "time_basis": rate.basis if rate else None}
+    return public.model_copy(update={"info": info})
+
+
 @router.get("/{ranking_id}", response_model=RankingPublic, responses={404: {"model": Problem}})
-def get_ranking(ranking_id: str, jobs: JobsDep, settings: SettingsDep, owner: Reader) -> RankingPublic:
+def get_ranking(ranking_id: str, jobs: JobsDep, settings: SettingsDep, owner: Reader,
+                sort: Literal["rank", "gain_per_minute"] = "rank") -> RankingPublic:
+    """The ranking; a learned one also carries each source's estimated transfer time (`info.estimates`) and
+    can be sorted by expected gain per minute (`sort=gain_per_minute`; ranks are kept)."""
     ranking = jobs.get_ranking(ranking_id)
     if ranking is None or not visible(owner, ranking.owner, settings):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no ranking {ranking_id}")
-    return ranking_public(ranking, jobs)
+    public = with_estimates(ranking_public(ranking, jobs), jobs, settings)
+    estimates = (public.info or {}).get("estimates") or {}
+    if sort == "gain_per_minute" and estimates and public.sources:
+        def per_minute(name: str) -> float:
+            value = (estimates.get(name) or {}).get("gain_per_minute")
+            return float(value) if value is not None else float("-inf")
+
+        public = public.model_copy(update={"sources": sorted(public.sources, key=lambda s: -per_minute(s.name))})
+    return public

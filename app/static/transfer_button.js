@@ -11,6 +11,13 @@
     return h;
   }
   button.addEventListener("click", function () {
+    // more than 3 sources: say what it costs (the learned ranking's estimate, when there is one) and ask first
+    var top = parseInt(button.dataset.top, 10);
+    if (top > 3) {
+      var minutes = button.dataset.minutes ? " (about " + Math.round(parseFloat(button.dataset.minutes)) +
+        " minutes of training on this machine)" : "";
+      if (!window.confirm("Start " + top + " transfers" + minutes + "?")) { return; }
+    }
     button.disabled = true;
     error.hidden = true;
     var body = {

@@ -18,11 +18,14 @@ from library.methods.base import (
     similarity_explain,
 )
 from library.methods.ensemble import ENSEMBLE
+from library.methods.learned import LEARNED
 from library.methods.logme import ESM_LOGME, LOGME
 from library.methods.similarity import SEMB, TEXTEMB
-from library.methods.taskemb import TASKEMB
+from library.methods.taskemb import TASKEMB, TASKEMB_FT
 
-BUILTIN: tuple[RankingMethod, ...] = (TEXTEMB, SEMB, TASKEMB, ENSEMBLE, ESM_LOGME, LOGME)
+BUILTIN: tuple[RankingMethod, ...] = (TEXTEMB, SEMB, TASKEMB, TASKEMB_FT, ENSEMBLE, ESM_LOGME, LOGME, LEARNED)
+# `learned` becomes the default once it validates better than every unlearned method on the shipped matrix
+# (README, "The learned ranker"); until then the ensemble is.
 DEFAULT_METHOD = "ensemble"
 
 RANKING_METHODS = MethodRegistry()

@@ -31,7 +31,7 @@ class Entry:
     score: float
     similarity: float
     rank: int = 0
-    details: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def assign_ranks(entries: list[Entry]) -> list[Entry]:
@@ -81,25 +81,42 @@ class TargetRows:
     features: Any = None  # np.ndarray (rows, H): the base encoder's pooled rows, when already computed
 
     def base_features(self) -> Any:
-        """The base encoder's pooled rows (SEmb's pooling), computed once."""
+        """The base encoder's rows (SEmb's pooling; a token sample for sequence labelling), computed once."""
         if self.features is None:
-            from embeddings.esm import pooled_embeddings
-
-            self.features = pooled_embeddings(self.dataset, self.encoder, None, self.embed_options)
+            self.features = self.features_under(None)
         return self.features
+
+    def features_under(self, state_dict: Any) -> Any:
+        """The rows under the base encoder (None) or a fine-tuned encoder body's state dict."""
+        from library.esm import row_features
+
+        return row_features(self.dataset, self.encoder, state_dict, self.embed_options)
+
+    def labels(self) -> tuple[Any, bool]:
+        """(labels, regression) the rows are scored against: one per row (per sampled token when tagging)."""
+        from library.esm import row_labels
+
+        return row_labels(self.dataset, self.encoder, self.embed_options)
 
 
 @dataclass
 class RankContext:
     """What a method ranks with: the target's embeddings, the eligible sources, the library's search
     of one embedding (`by_embedding(method)`: a single vector's similarity ranking, or a
-    multi-component embedding's components fused by RRF), and, for methods with `needs_rows`, the
-    target's labelled rows."""
+    multi-component embedding's components fused by RRF; `by_embedding(method, against=variant)`
+    searches the library's vectors of a library-side variant such as `taskemb_ft` with the target's
+    `method` embedding), and, for methods with `needs_rows`, the target's labelled rows. A method
+    that leaves eligible sources out of its ranking says which, and why, in `notes` (shown to the user).
+    """
 
     targets: Mapping[str, EmbeddingResult]
     eligible: Mapping[int, SourceTask]
-    by_embedding: Callable[[str], list[Entry]]
+    by_embedding: Callable[..., list[Entry]]
     rows: TargetRows | None = None
+    notes: list[str] = field(default_factory=list)
+    store: Any = None  # library.store.LibraryStore: the library's database (the learned ranker's versions)
+    dataset: Any = None  # embeddings.data.Dataset: the whole target, when the caller has it (its size, labels)
+    info: dict[str, Any] = field(default_factory=dict)  # what the method tells the ranking (Ranking.info)
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,14 @@ class RankingMethod:
     score_label: str = "similarity"
     map_basis: str = "textemb"
     needs_rows: bool = False  # the target's labelled rows (RankContext.rows), not only its embeddings
+    # library-side embeddings it searches that a library may lack (built separately, e.g. taskemb_ft from the
+    # sources' checkpoints): where they are missing the method fails with a clear error, and an evaluation skips it
+    needs_library: tuple[str, ...] = ()
+    wants_rows: bool = False  # the rows when the target has usable labels; ranks without them otherwise
+    trained: bool = False  # fitted on measured transfers: `evaluate` leaves it out (in-sample there); its
+    # figures are its own leave-one-target-out validation (`taskrank ranker fit`)
+    ranks_all: bool = False  # ranks every library source (ctx.eligible: all but the target); the task-type
+    # filter applies to its output, so its features do not depend on the filter
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -129,6 +154,9 @@ class RankingMethod:
         if (not self.needs and not self.needs_rows) or unknown:
             raise ValueError(f"ranking method {self.name!r} needs unknown embedding methods {unknown} "
                              f"(known: {', '.join(EMBEDDING_METHODS)})")
+        if any(m not in EMBEDDING_METHODS for m in self.needs_library):
+            raise ValueError(f"ranking method {self.name!r}: needs_library {self.needs_library} are not all "
+                             "embedding methods")
         if self.map_basis not in EMBEDDING_METHODS:
             raise ValueError(f"ranking method {self.name!r}: map_basis {self.map_basis!r} is not an embedding method")
 

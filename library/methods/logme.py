@@ -7,6 +7,12 @@ fine-tuned encoder itself (the cached checkpoints the ESMs were fitted from): ex
 pass per source. Both score with the LogME evidence (higher: the labels are more linearly
 predictable). Sources without an ESM (or checkpoint) are left out of the ranking and named in the
 error when none is left.
+
+A sequence-labelling target is scored on tokens: a seeded sample of `embeddings.esm.TOKEN_BUDGET`
+words (first sub-token of each) with their tags, ranked against every source with a map (only
+classification and regression sources have one). ESMs were fitted on pooled sentence vectors, so
+mapping token states through them is an approximation; `logme` is exact here too. Question answering
+is refused with the methods that work (`library.esm.target_labels`).
 """
 
 from __future__ import annotations
@@ -27,20 +33,32 @@ BUILD_HINT = ("build them with `taskrank library build-esm` (it needs the source
 
 
 def _target(rows: TargetRows) -> tuple[np.ndarray, np.ndarray, bool, Any]:
-    """The target's base pooled rows (the library's row cap and seed), its labels, and the sample."""
-    from library.esm import target_labels
-
-    labels, regression = target_labels(rows.dataset)
+    """The target's base rows (the library's row cap and seed; a token sample for sequence labelling),
+    its labels, and the sample."""
+    labels, regression = rows.labels()
     features = rows.base_features()
     if len(features) != len(labels):
         raise LibraryError("the target's rows and labels disagree in number (long rows split into windows?)")
     return features, labels, regression, rows.dataset
 
 
+def _eligible(ctx: RankContext) -> Mapping[int, Any]:
+    """The sources a LogME-based ranking may score. A sequence-labelling target is ranked against every
+    source with a map (only classification and regression sources have fine-tuned encoders and ESMs),
+    whatever the task-type filter; the target itself stays excluded."""
+    rows = ctx.rows
+    assert rows is not None
+    if rows.dataset.task_type.value != "sequence_labeling" or rows.store is None:
+        return ctx.eligible
+    excluded = {h.lower() for h in (rows.target_hash, rows.dataset.content_hash) if h}
+    return {t.id: t for t in rows.store.list_tasks() if t.data_hash not in excluded}
+
+
 def _maps(ctx: RankContext) -> list[Any]:
     rows = ctx.rows
     assert rows is not None
-    maps = [m for m in rows.store.source_maps(ESM_KIND, rows.encoder.weights_hash) if m.task_id in ctx.eligible]
+    eligible = _eligible(ctx)
+    maps = [m for m in rows.store.source_maps(ESM_KIND, rows.encoder.weights_hash) if m.task_id in eligible]
     if not maps:
         raise LibraryError(f"no eligible source has an embedding space map for this model: {BUILD_HINT}")
     return maps
@@ -48,11 +66,12 @@ def _maps(ctx: RankContext) -> list[Any]:
 
 def _entries(ctx: RankContext, maps: list[Any], scores: np.ndarray, method: str) -> list[Entry]:
     entries = []
+    eligible = _eligible(ctx)
     for m, score in zip(maps, scores.tolist(), strict=True):
         details: dict[str, dict[str, float | int]] = {method: {"logme": float(score)}}
         if method == "esm_logme":
             details[method]["esm_r2"] = float(m.info.get("r2_heldout", math.nan))
-        entries.append(Entry(task=ctx.eligible[m.task_id], score=float(score), similarity=float(score),
+        entries.append(Entry(task=eligible[m.task_id], score=float(score), similarity=float(score),
                              details=details))
     ranked = assign_ranks(entries)
     for entry in ranked:  # the shape every ranking's details share (pages, CSV export): rank and similarity
@@ -75,13 +94,11 @@ def _rank_esm_logme(ctx: RankContext) -> list[Entry]:
 def _rank_logme(ctx: RankContext) -> list[Entry]:
     from safetensors.torch import load_file
 
-    from embeddings.esm import pooled_embeddings
     from embeddings.logme import logme
-    from library.esm import target_labels
 
     rows = ctx.rows
     assert rows is not None
-    labels, regression = target_labels(rows.dataset)
+    labels, regression = rows.labels()
     maps = _maps(ctx)
     found: list[tuple[Any, Path]] = []
     missing: list[tuple[Any, None]] = []
@@ -99,7 +116,7 @@ def _rank_logme(ctx: RankContext) -> list[Entry]:
     scores = []
     for _, path in found:
         state = load_file(str(path), device=str(rows.encoder.device))
-        features = pooled_embeddings(rows.dataset, rows.encoder, state, rows.embed_options)
+        features = rows.features_under(state)
         scores.append(logme(features, labels, regression=regression))
     return _entries(ctx, [m for m, _ in found], np.asarray(scores), "logme")
 

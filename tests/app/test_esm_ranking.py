@@ -71,8 +71,10 @@ def test_build_esm_rank_and_round_trip(esm_settings, shared_data, tmp_path, caps
     report = import_library(fresh, tmp_path / "bundle")
     assert sorted(report.maps) == sorted(SOURCES)
     again = {m.task_name: m for m in fresh.source_maps("esm")}
-    for m in maps:  # fp16 storage: bit-identical after the round trip
-        assert np.array_equal(again[m.task_name].weight, m.weight) and again[m.task_name].info == m.info
+    for m in maps:  # int8 rows in the bundle: each weight within about half its row's step; bias and info exact
+        step = np.abs(m.weight).max(axis=1, keepdims=True) / 127
+        assert np.all(np.abs(again[m.task_name].weight - m.weight) <= 0.6 * step + 1e-3 * np.abs(m.weight))
+        assert np.array_equal(again[m.task_name].bias, m.bias) and again[m.task_name].info == m.info
     fresh.close()
     store.close()
 

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from embeddings.data import Dataset, TaskType, TextExample
-from embeddings.esm import EmbeddingSpaceMap, esm_logme_scores, fit_esm, pooled_embeddings
+from embeddings.data import Dataset, TaggingExample, TaskType, TextExample
+from embeddings.esm import (
+    EmbeddingSpaceMap,
+    dequantise_rows,
+    esm_logme_scores,
+    fit_esm,
+    pooled_embeddings,
+    quantise_rows,
+    token_embeddings,
+    token_tags,
+)
 from embeddings.features import tokenize
 from embeddings.logme import logme, logme_many
 from embeddings.options import EmbedOptions
@@ -148,3 +157,100 @@ def test_pooled_embeddings_under_a_fine_tuned_state_leave_the_encoder_untouched(
     np.testing.assert_array_equal(pooled_embeddings(dataset, tiny_encoder, tiny_encoder.model.state_dict()), before)
     with pytest.raises(RuntimeError, match="Missing key"):
         pooled_embeddings(dataset, tiny_encoder, {k: v for k, v in state.items() if k != key})
+
+
+def test_int8_rows_keep_each_row_within_half_a_step_and_are_idempotent():
+    rng = np.random.default_rng(5)
+    weight = rng.normal(size=(24, 16)) * np.logspace(-3, 1, 24)[:, None]  # rows of very different size
+    weight[3] = 0.0
+    arrays = quantise_rows(weight)
+    assert set(arrays) == {"weight_int8", "weight_scale"}  # not square: no diagonal kept apart
+    assert arrays["weight_int8"].dtype == np.int8 and arrays["weight_scale"].dtype == np.float16
+    restored = dequantise_rows(arrays)
+    step = np.abs(weight).max(axis=1, keepdims=True) / 127
+    assert np.all(np.abs(restored - weight) <= 0.51 * step + 1e-12)  # per-row resolution, small rows too
+    assert np.all(restored[3] == 0.0) and np.abs(arrays["weight_int8"]).max() == 127
+    again = quantise_rows(restored)
+    for key in arrays:
+        np.testing.assert_array_equal(again[key], arrays[key])
+    with pytest.raises(ValueError, match="int8"):
+        dequantise_rows({**arrays, "weight_int8": arrays["weight_int8"].astype(np.int16)})
+
+
+def test_a_square_maps_diagonal_is_kept_apart_so_the_rest_gets_a_finer_step():
+    rng = np.random.default_rng(6)
+    weight = np.diag(rng.uniform(0.5, 1.0, 32)) + 0.05 * rng.normal(size=(32, 32))  # diagonal-dominant, as ESMs
+    arrays = quantise_rows(weight)
+    assert arrays["weight_diagonal"].dtype == np.float16 and np.all(np.diag(arrays["weight_int8"]) == 0)
+    restored = dequantise_rows(arrays)
+    np.testing.assert_allclose(np.diag(restored), np.diag(weight), rtol=1e-3)
+    off = ~np.eye(32, dtype=bool)
+    step = np.abs(np.where(off, weight, 0)).max(axis=1, keepdims=True) / 127  # set by the other entries only
+    assert np.all(np.abs(restored - weight)[off] <= (0.51 * step * np.ones((1, 32)))[off])
+    whole_row_step = np.abs(weight).max(axis=1, keepdims=True) / 127
+    assert np.median(step / whole_row_step) < 0.5
+    again = quantise_rows(restored)
+    for key in arrays:
+        np.testing.assert_array_equal(again[key], arrays[key])
+    esm = EmbeddingSpaceMap(weight=weight, bias=rng.normal(size=32), r2_heldout=0.5, rows=10, ridge=1.0)
+    packed = esm.to_int8_arrays()
+    assert "weight" not in packed and packed["weight_int8"].nbytes == 32 * 32
+    loaded = EmbeddingSpaceMap.from_arrays(packed)
+    np.testing.assert_array_equal(loaded.weight, restored)
+    assert (loaded.r2_heldout, loaded.rows, loaded.ridge) == (0.5, 10, 1.0)
+
+
+def test_int8_maps_barely_move_esm_logme_scores():
+    """What the shipped library relies on: per-row int8 maps rank sources as their float maps do."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 600)
+    x = (rng.normal(size=(600, 48)) + np.eye(3)[labels] @ rng.normal(size=(3, 48))).astype(np.float32)
+    maps = [EmbeddingSpaceMap(weight=np.eye(48) * rng.uniform(0.5, 2.0) + 0.2 * rng.normal(size=(48, 48)),
+                              bias=0.1 * rng.normal(size=48), r2_heldout=0.5, rows=1, ridge=1.0) for _ in range(8)]
+    exact = esm_logme_scores(x, labels, maps)
+    packed = esm_logme_scores(x, labels, [EmbeddingSpaceMap.from_arrays(m.to_int8_arrays()) for m in maps])
+    change = np.abs(packed - exact).max()
+    assert change < 2e-3 and exact.max() - exact.min() > 20 * change
+    apart = np.abs(exact[:, None] - exact[None, :]) > 2 * change  # pairs the change cannot swap
+    assert np.array_equal(np.sign(packed[:, None] - packed[None, :])[apart], np.sign(exact[:, None] - exact[None, :])[apart])
+
+
+def tagging_dataset(n: int = 9) -> Dataset:
+    words = [s.split() for s in SENTENCES]
+    rows = [TaggingExample(tokens=words[i % len(words)], tags=[("B" if j == 0 else "I") if len(w) > 3 else "O"
+                                                               for j, w in enumerate(words[i % len(words)])])
+            for i in range(n)]
+    return Dataset(name="toy-tags", task_type=TaskType.SEQUENCE_LABELING, examples=rows, labels=["B", "I", "O"])
+
+
+def test_token_embeddings_are_first_sub_token_states_of_a_seeded_sample(tiny_encoder):
+    dataset = tagging_dataset()
+    options = EmbedOptions(max_tokens_per_batch=400, max_batch_size=3)
+    words = sum(len(ex.tokens) for ex in dataset.examples)
+    rows, tags = token_embeddings(dataset, tiny_encoder, None, options, budget=10**6)
+    assert rows.shape == (words, tiny_encoder.hidden_size) and len(tags) == words  # every word, once
+    np.testing.assert_array_equal(tags, [["B", "I", "O"].index(t) for ex in dataset.examples for t in ex.tags])
+    # reference: each sentence alone, the state of each word's first sub-token, L2-normalised
+    enc = tiny_encoder.tokenizer(dataset.examples[1].tokens, is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        states = tiny_encoder.model(**enc).last_hidden_state[0]
+    firsts = [enc.word_ids().index(w) for w in range(len(dataset.examples[1].tokens))]
+    expected = torch.nn.functional.normalize(states[firsts], dim=-1).numpy()
+    start = len(dataset.examples[0].tokens)
+    np.testing.assert_allclose(rows[start:start + len(firsts)], expected, rtol=1e-4, atol=1e-5)
+
+    small, small_tags = token_embeddings(dataset, tiny_encoder, None, options, budget=15, seed=4)
+    assert small.shape == (15, tiny_encoder.hidden_size)
+    np.testing.assert_array_equal(small_tags, token_tags(dataset, tiny_encoder, options, budget=15, seed=4))
+    chosen = [int(np.flatnonzero((rows == r).all(axis=1))[0]) for r in small]  # a subset of the full rows
+    assert chosen == sorted(chosen) and len(set(chosen)) == 15
+    other, _ = token_embeddings(dataset, tiny_encoder, None, options, budget=15, seed=5)
+    assert not np.array_equal(other, small)  # the sample follows the seed
+    state = {k: v.clone() for k, v in tiny_encoder.model.state_dict().items()}
+    key = next(k for k in state if k.endswith("layer.1.output.dense.weight"))
+    state[key] += 0.5 * torch.randn(state[key].shape, generator=torch.Generator().manual_seed(0))
+    tuned, tuned_tags = token_embeddings(dataset, tiny_encoder, state, options, budget=15, seed=4)
+    np.testing.assert_array_equal(tuned_tags, small_tags)  # same tokens under another encoder
+    assert np.abs(tuned - small).max() > 1e-2
+    with pytest.raises(ValueError, match="sequence-labelling"):
+        token_embeddings(toy_dataset(), tiny_encoder)
