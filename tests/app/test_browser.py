@@ -8,6 +8,7 @@ import io
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -215,8 +216,23 @@ def test_upload_rank_and_read_the_result_in_a_browser(sync_playwright, live_serv
             shot(mobile, "08-upload-390")
             phone.close()
 
-            # "Transfer to top-4" starts a transfer batch from this ranking and shows its page
+            # "Transfer to top-4" asks first (more than 3 sources), declining starts nothing; accepting
+            # starts a transfer batch from this ranking and shows its page
             page.goto(ranking_url)
+            asked: list[str] = []
+
+            def answer(accept: bool) -> Any:
+                def handle(dialog: Any) -> None:
+                    asked.append(dialog.message)
+                    dialog.accept() if accept else dialog.dismiss()
+                return handle
+
+            page.once("dialog", answer(False))
+            page.click("#transfer-button")
+            page.wait_for_timeout(500)
+            assert len(asked) == 1 and asked[0].startswith("Start 4 transfers"), asked
+            assert "/transfers/" not in page.url and page.is_enabled("#transfer-button")
+            page.once("dialog", answer(True))
             page.click("#transfer-button")
             page.wait_for_url(re.compile(r".*/transfers/[0-9a-f]+/view$"), timeout=30_000)
             assert page.locator("h1").count() == 1

@@ -257,7 +257,7 @@ def test_cli_evaluate_prints_source_prior_informativeness_and_skips(env, default
     first = out.split("\n\n")[0].splitlines()[3:]
     scored = {"esm_logme"} if (Path(__file__).resolve().parents[2].parent / "shared" / "data").is_dir() else set()
     assert {line.split()[0] for line in first} == {"textemb", "semb", "taskemb", "ensemble", "random",
-                                                  "datasize", "source_prior"} | scored  # logme: no checkpoints
+                                                  "datasize", "source_prior", "taskemb_ft"} | scored  # logme: no checkpoints
     assert "every target (2):" in out and "source_prior: each source's mean relative gain" in out
     info = out.split("informativeness (per target):\n")[1].splitlines()
     rows = {line.split()[0]: line for line in info[2:4]}
