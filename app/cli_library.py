@@ -221,16 +221,38 @@ def cmd_library_restore_default(args: argparse.Namespace, settings: Settings) ->
     return 0
 
 
-def cmd_library_build_esm(args: argparse.Namespace, settings: Settings) -> int:
-    """ESMs from the cached practitioner-regime checkpoints; trains nothing (says what is missing)."""
+def _checkpoint_build_inputs(args: argparse.Namespace, settings: Settings) -> tuple[Path, list[Path], list[str] | None]:
+    """(data dir, checkpoint dirs, --only names) of a build read from fine-tuned source checkpoints."""
     from embeddings.encoders import set_threads
-    from library.esm import build_esms
-    from library.pipeline import ranking_options
 
     set_threads(settings.torch_threads)
     data_dir = Path(args.data_dir) if args.data_dir else settings.shared_data_dir
     dirs = [Path(d) for d in (args.checkpoints or [settings.paths.checkpoints])]
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    return data_dir, dirs, only
+
+
+def _echo_checkpoint_report(report: Any, data_dir: Path, dirs: list[Path], artefact: str) -> None:
+    """What a checkpoint-based build kept, and which sources it could not build, and why."""
+    from library.source_checkpoints import TRAIN_HINT
+
+    if report.kept:
+        echo(f"unchanged (already built from the same checkpoint): {', '.join(report.kept)}")
+    if report.missing_checkpoint:
+        echo(f"no fine-tuned checkpoint in {', '.join(map(str, dirs))} for: {', '.join(report.missing_checkpoint)} "
+             f"(no {artefact} for them); {TRAIN_HINT}", err=True)
+    if report.no_data:
+        echo(f"no task folder under {data_dir} for: {', '.join(report.no_data)}", err=True)
+    if report.unsupported:
+        echo(f"{artefact} is not built for these sources' task types: {', '.join(report.unsupported)}", err=True)
+
+
+def cmd_library_build_esm(args: argparse.Namespace, settings: Settings) -> int:
+    """ESMs from the cached practitioner-regime checkpoints; trains nothing (says what is missing)."""
+    from library.esm import build_esms
+    from library.pipeline import ranking_options
+
+    data_dir, dirs, only = _checkpoint_build_inputs(args, settings)
     with library_service(settings) as service:
         options = ranking_options(service.store, service.encoder, settings.max_tokens_per_batch)
         with progress_bar("fitting ESMs") as on_progress:
@@ -243,29 +265,16 @@ def cmd_library_build_esm(args: argparse.Namespace, settings: Settings) -> int:
     for name, info in report.built.items():
         echo(f"{name:<24} ESM fitted on {info['rows']} rows, held-out R^2 {info['r2_heldout']:.3f} "
              f"({info['seconds']:.0f} s)")
-    if report.kept:
-        echo(f"unchanged (already fitted from the same checkpoint): {', '.join(report.kept)}")
-    if report.missing_checkpoint:
-        echo(f"no fine-tuned checkpoint in {', '.join(map(str, dirs))} for: {', '.join(report.missing_checkpoint)}; "
-             "train them with `python bench/transfer_matrix.py --phase sources`", err=True)
-    if report.no_data:
-        echo(f"no task folder under {data_dir} for: {', '.join(report.no_data)}", err=True)
-    if report.unsupported:
-        echo(f"no source regime for these task types yet (ESMs need classification or regression): "
-             f"{', '.join(report.unsupported)}", err=True)
+    _echo_checkpoint_report(report, data_dir, dirs, "ESM")
     return 0
 
 
 def cmd_library_build_taskemb_ft(args: argparse.Namespace, settings: Settings) -> int:
     """Checkpoint-based TaskEmb (taskemb_ft) from the cached practitioner-regime checkpoints; trains nothing."""
-    from embeddings.encoders import set_threads
     from library.pipeline import ranking_options
-    from library.taskemb_ft import TRAIN_HINT, build_finetuned_taskembs
+    from library.taskemb_ft import build_finetuned_taskembs
 
-    set_threads(settings.torch_threads)
-    data_dir = Path(args.data_dir) if args.data_dir else settings.shared_data_dir
-    dirs = [Path(d) for d in (args.checkpoints or [settings.paths.checkpoints])]
-    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    data_dir, dirs, only = _checkpoint_build_inputs(args, settings)
     with library_service(settings) as service:
         options = ranking_options(service.store, service.encoder, settings.max_tokens_per_batch)
         with progress_bar("checkpoint-based TaskEmb") as on_progress:
@@ -280,46 +289,30 @@ def cmd_library_build_taskemb_ft(args: argparse.Namespace, settings: Settings) -
             echo(f"wrote the taskemb_ft vectors of {len(written)} sources into {args.bundle}", err=True)
     for name, info in report.built.items():
         echo(f"{name:<24} taskemb_ft from {info['checkpoint']} on {info['rows']} rows ({info['seconds']:.0f} s)")
-    if report.kept:
-        echo(f"unchanged (already computed from the same checkpoint): {', '.join(report.kept)}")
-    if report.missing_checkpoint:
-        echo(f"no fine-tuned checkpoint in {', '.join(map(str, dirs))} for: {', '.join(report.missing_checkpoint)} "
-             f"(the taskemb_ft ranking leaves them out); {TRAIN_HINT}", err=True)
-    if report.no_data:
-        echo(f"no task folder under {data_dir} for: {', '.join(report.no_data)}", err=True)
-    if report.unsupported:
-        echo(f"no source regime for these task types yet (classification or regression only): "
-             f"{', '.join(report.unsupported)}", err=True)
+    _echo_checkpoint_report(report, data_dir, dirs, "taskemb_ft")
     return 0
 
 
-def _esms_after_build(service: Any, data_dir: Path, settings: Settings, options: Any, only: list[str] | None) -> None:
-    """The build also fits ESMs where fine-tuned source checkpoints are cached (it never trains them)."""
+def _checkpoint_artefacts_after_build(service: Any, data_dir: Path, settings: Settings, options: Any,
+                                      only: list[str] | None) -> None:
+    """The build also fits ESMs and the checkpoint-based TaskEmb where fine-tuned source checkpoints are
+    cached (it never trains them)."""
     from library.esm import build_esms
-
-    report = build_esms(service.store, data_dir, service.encoder, [settings.paths.checkpoints],
-                        options.embed_options(), only=only)
-    if report.built:
-        echo(f"fitted ESMs for {', '.join(report.built)}", err=True)
-    if report.missing_checkpoint:
-        echo(f"no ESM for {len(report.missing_checkpoint)} source(s) without a fine-tuned checkpoint in "
-             f"{settings.paths.checkpoints} (`taskrank library build-esm` after training them)", err=True)
-
-
-def _taskemb_ft_after_build(service: Any, data_dir: Path, settings: Settings, options: Any,
-                            only: list[str] | None) -> None:
-    """The build also computes the checkpoint-based TaskEmb where fine-tuned source checkpoints are cached."""
     from library.taskemb_ft import build_finetuned_taskembs
 
     names = [n for n in only if service.store.get_task(n) is not None] if only is not None else None
-    report = build_finetuned_taskembs(service.store, data_dir, service.encoder, [settings.paths.checkpoints],
-                                      options, only=names)
-    if report.built:
+    dirs = [settings.paths.checkpoints]
+    esms = build_esms(service.store, data_dir, service.encoder, dirs, options.embed_options(), only=names)
+    taskembs = build_finetuned_taskembs(service.store, data_dir, service.encoder, dirs, options, only=names)
+    if taskembs.built:
         service.library.indexes.sync()
-        echo(f"computed the checkpoint-based TaskEmb (taskemb_ft) of {', '.join(report.built)}", err=True)
-    if report.missing_checkpoint:
-        echo(f"no taskemb_ft for {len(report.missing_checkpoint)} source(s) without a fine-tuned checkpoint in "
-             f"{settings.paths.checkpoints} (`taskrank library build-taskemb-ft` after training them)", err=True)
+    for artefact, report, command in (("ESMs", esms, "build-esm"),
+                                      ("checkpoint-based TaskEmbs (taskemb_ft)", taskembs, "build-taskemb-ft")):
+        if report.built:
+            echo(f"computed the {artefact} of {', '.join(report.built)}", err=True)
+        if report.missing_checkpoint:
+            echo(f"no {artefact} for {len(report.missing_checkpoint)} source(s) without a fine-tuned checkpoint in "
+                 f"{settings.paths.checkpoints} (`taskrank library {command}` after training them)", err=True)
 
 
 def cmd_library_build(args: argparse.Namespace, settings: Settings) -> int:
@@ -361,8 +354,7 @@ def cmd_library_build(args: argparse.Namespace, settings: Settings) -> int:
                 on_task_progress=on_task_progress,
             )
         service.library.indexes.sync()
-        _esms_after_build(service, Path(args.data_dir), settings, options, only)
-        _taskemb_ft_after_build(service, Path(args.data_dir), settings, options, only)
+        _checkpoint_artefacts_after_build(service, Path(args.data_dir), settings, options, only)
     if args.json:
         echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -10,95 +10,54 @@ reported with the command that trains it.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from embeddings.data import Dataset, LoadLimits, TaskType, load_dataset
+from embeddings.data import Dataset, TaskType
 from embeddings.encoders import Encoder
 from embeddings.esm import fit_esm, pooled_embeddings, token_embeddings, token_tags
 from embeddings.options import EmbedOptions, ProgressFn, no_progress
-from embeddings.transfer import TransferOptions, source_checkpoint_path
 from library.errors import LibraryError
+from library.source_checkpoints import SourceBuildReport, load_source, scan_source_checkpoints
 from library.store import LibraryStore
 
 ESM = "esm"
 ESM_ROWS = 4000  # source rows an ESM is fitted on (20% held out for its R^2); 1,000 gave R^2 0.13 (mnli) and 0.52 (sst2), 4,000 gave 0.22 and 0.63
-TEXT_TYPES = (TaskType.CLASSIFICATION.value, TaskType.REGRESSION.value)
-_LIMITS = LoadLimits(max_rows=10**7, max_text_chars=10**6)
-
-
-@dataclass
-class EsmReport:
-    built: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> {r2_heldout, rows, seconds}
-    kept: list[str] = field(default_factory=list)  # already had an ESM from this checkpoint
-    missing_checkpoint: list[str] = field(default_factory=list)
-    no_data: list[str] = field(default_factory=list)
-    unsupported: list[str] = field(default_factory=list)  # task types without a source regime yet
-
-
-def find_source_checkpoint(folder: Path, encoder: Encoder, checkpoint_dirs: Iterable[Path]) -> Path | None:
-    """The practitioner-regime checkpoint of the task folder's source, in the first directory that has it."""
-    source = load_dataset(folder, limits=_LIMITS)
-    dev = load_dataset(folder, split="dev", limits=_LIMITS) if (folder / "dev.jsonl").is_file() else None
-    for directory in checkpoint_dirs:
-        path = source_checkpoint_path(source, encoder, TransferOptions(), directory, dev)
-        if path.is_file():
-            return path
-    return None
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def build_esms(store: LibraryStore, data_dir: Path, encoder: Encoder, checkpoint_dirs: Iterable[Path],
                embed_options: EmbedOptions, *, only: Iterable[str] | None = None, rows: int = ESM_ROWS,
-               seed: int = 13, on_progress: ProgressFn = no_progress) -> EsmReport:
-    """An ESM for every library source that has a cached fine-tuned checkpoint; idempotent."""
+               seed: int = 13, on_progress: ProgressFn = no_progress) -> SourceBuildReport:
+    """An ESM for every library source that has a cached fine-tuned checkpoint, of any task type; idempotent.
+
+    The map is fitted on the source's pooled rows (for a tagging or QA source, its sentences or
+    question-context pairs pooled as SEmb pools them), whichever head the checkpoint was trained with.
+    A source whose stored map came from the same checkpoint file name is kept.
+    """
     from safetensors.torch import load_file
 
-    report = EsmReport()
-    dirs = [Path(d) for d in checkpoint_dirs]
-    wanted = set(only) if only is not None else None
-    tasks = [t for t in store.list_tasks() if wanted is None or t.name in wanted]
+    report = SourceBuildReport()
     have = {m.task_id: m for m in store.source_maps(ESM, encoder.weights_hash)}
-    for done, task in enumerate(tasks):
-        on_progress(done, len(tasks))
-        if task.task_type not in TEXT_TYPES:
-            report.unsupported.append(task.name)
-            continue
-        folder = Path(data_dir) / task.name
-        if not (folder / "task.json").is_file():
-            report.no_data.append(task.name)
-            continue
-        path = find_source_checkpoint(folder, encoder, dirs)
-        if path is None:
-            report.missing_checkpoint.append(task.name)
-            continue
+    for found in scan_source_checkpoints(store, data_dir, encoder, checkpoint_dirs, report, only=only,
+                                         on_progress=on_progress):
+        task, path = found.task, found.path
         if task.id in have and have[task.id].checkpoint == path.name:
             report.kept.append(task.name)
             continue
         started = time.perf_counter()
-        sample = load_dataset(folder, limits=_LIMITS).subsample(rows, seed)
+        sample = load_source(found.folder, rows, seed)
         base = pooled_embeddings(sample, encoder, None, embed_options)
         tuned = pooled_embeddings(sample, encoder, load_file(str(path), device=str(encoder.device)), embed_options)
         esm = fit_esm(base, tuned, seed=seed)
         info = {"r2_heldout": round(float(esm.r2_heldout), 4), "rows": esm.rows, "ridge": esm.ridge,
-                "checkpoint_sha256": _file_hash(path), "fitted_rows": len(sample), "seed": seed,
+                "checkpoint_sha256": found.sha256, "fitted_rows": len(sample), "seed": seed,
                 "seconds": round(time.perf_counter() - started, 1)}
         store.put_source_map(task.id, ESM, encoder.name, encoder.weights_hash, path.name, esm.weight, esm.bias, info)
         report.built[task.name] = info
-    on_progress(len(tasks), len(tasks))
     return report
 
 

@@ -10,12 +10,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import (
-    JSON,
     Boolean,
     CursorResult,
     DateTime,
@@ -25,24 +24,15 @@ from sqlalchemy import (
     String,
     Text,
     bindparam,
-    create_engine,
-    event,
     func,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Row, make_url
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from library.store import normalize_database_url, sqlite_pragmas
-
-_JSON = JSON().with_variant(JSONB(), "postgresql")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+from library.db import JSON_COLUMN, as_utc, make_engine, normalize_database_url, utc_now
 
 
 def new_id() -> str:
@@ -75,12 +65,12 @@ class DatasetRow(Base):
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
     task_type: Mapped[str] = mapped_column(String(32))
     rows: Mapped[int] = mapped_column(Integer)
-    labels: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
-    load_options: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
-    description: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
+    load_options: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
+    description: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
     size_bytes: Mapped[int] = mapped_column(Integer)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
 
 
 class JobRow(Base):
@@ -94,17 +84,17 @@ class JobRow(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    params: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
-    result: Mapped[dict[str, Any] | None] = mapped_column(_JSON, nullable=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON_COLUMN, nullable=True)
     dataset_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     queue: Mapped[str] = mapped_column(String(32), default="embed")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
-    dispatched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+    dispatched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
@@ -118,9 +108,9 @@ class RankingRow(Base):
     method: Mapped[str] = mapped_column(String(16))
     top_k: Mapped[int] = mapped_column(Integer)
     all_class: Mapped[bool] = mapped_column(Boolean)
-    result: Mapped[dict[str, Any] | None] = mapped_column(_JSON, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON_COLUMN, nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
 
 
 class WorkerRow(Base):
@@ -128,7 +118,7 @@ class WorkerRow(Base):
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     queues: Mapped[str] = mapped_column(String(200), default="")
-    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
 
 
 class TransferBatchRow(Base):
@@ -140,14 +130,14 @@ class TransferBatchRow(Base):
     target_dataset_id: Mapped[str] = mapped_column(String(32), index=True)
     dev_dataset_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     method: Mapped[str] = mapped_column(String(32))
-    sources: Mapped[list[dict[str, Any]]] = mapped_column(_JSON, default=list)
-    seeds: Mapped[list[int]] = mapped_column(_JSON, default=list)
-    options: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSON_COLUMN, default=list)
+    seeds: Mapped[list[int]] = mapped_column(JSON_COLUMN, default=list)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
     # {"baseline": id, "sources": {key: id}}; a multi-source method's batch also {"combined": id}
-    job_ids: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
+    job_ids: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
     ranking_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
 
 
 @dataclass(frozen=True)
@@ -181,8 +171,8 @@ class Job:
     def duration_seconds(self) -> float | None:
         if self.started_at is None:
             return None
-        end = self.finished_at or _now()
-        return max(0.0, (_aware(end) - _aware(self.started_at)).total_seconds())
+        end = self.finished_at or utc_now()
+        return max(0.0, (as_utc(end) - as_utc(self.started_at)).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -240,17 +230,15 @@ class StoredTransferBatch:
         return [i for i in ids if i]
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _job(row: JobRow) -> Job:
     return Job(id=row.id, kind=row.kind, state=JobState(row.state), stage=row.stage, done=row.done,
                total=row.total, eta_seconds=row.eta_seconds, error=row.error, params=dict(row.params or {}),
                result=row.result, dataset_id=row.dataset_id, queue=row.queue, attempts=row.attempts,
-               cancel_requested=row.cancel_requested, owner=row.owner, created_at=_aware(row.created_at),
-               started_at=_aware(row.started_at) if row.started_at else None,
-               finished_at=_aware(row.finished_at) if row.finished_at else None)
+               cancel_requested=row.cancel_requested, owner=row.owner, created_at=as_utc(row.created_at),
+               started_at=as_utc(row.started_at) if row.started_at else None,
+               finished_at=as_utc(row.finished_at) if row.finished_at else None)
 
 
 def _dataset(row: DatasetRow) -> StoredDataset:
@@ -258,20 +246,20 @@ def _dataset(row: DatasetRow) -> StoredDataset:
                          file_ext=row.file_ext, content_hash=row.content_hash, task_type=row.task_type,
                          rows=row.rows, labels=dict(row.labels or {}), load_options=dict(row.load_options or {}),
                          description=dict(row.description or {}), size_bytes=row.size_bytes, owner=row.owner,
-                         created_at=_aware(row.created_at))
+                         created_at=as_utc(row.created_at))
 
 
 def _ranking(row: RankingRow) -> StoredRanking:
     return StoredRanking(id=row.id, request_key=row.request_key, dataset_id=row.dataset_id, job_id=row.job_id,
                          method=row.method, top_k=row.top_k, all_class=row.all_class, result=row.result,
-                         owner=row.owner, created_at=_aware(row.created_at))
+                         owner=row.owner, created_at=as_utc(row.created_at))
 
 
 def _transfer_batch(row: TransferBatchRow) -> StoredTransferBatch:
     return StoredTransferBatch(id=row.id, target_dataset_id=row.target_dataset_id,
                                dev_dataset_id=row.dev_dataset_id, method=row.method, sources=list(row.sources or []), seeds=list(row.seeds or []),
                                options=dict(row.options or {}), job_ids=dict(row.job_ids or {}),
-                               ranking_id=row.ranking_id, owner=row.owner, created_at=_aware(row.created_at))
+                               ranking_id=row.ranking_id, owner=row.owner, created_at=as_utc(row.created_at))
 
 
 # The hot reads (a job polled, a ranking answered from the store), prebuilt: building and cache-keying
@@ -286,18 +274,8 @@ class JobStore:
 
     def __init__(self, url: str, *, engine: Engine | None = None) -> None:
         self.url = normalize_database_url(url)
-        if self.url.startswith("sqlite"):
-            # A local file: no connection goes stale, so no ping per checkout (as LibraryStore), and a
-            # pool as wide as the API's thread pool, so busy moments reuse connections instead of
-            # opening (and setting up) overflow ones and closing them again.
-            options: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
-            if make_url(self.url).database not in (None, "", ":memory:"):  # in-memory: a singleton pool
-                options.update(pool_size=20, max_overflow=30)
-        else:
-            options = {"pool_pre_ping": True}
-        self.engine = engine or create_engine(self.url, **options)
-        if self.url.startswith("sqlite") and engine is None:
-            event.listen(self.engine, "connect", sqlite_pragmas)
+        # SQLite: a pool as wide as the API's thread pool, so busy moments reuse connections
+        self.engine = engine or make_engine(self.url, pool_size=20)
         Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -403,17 +381,17 @@ class JobStore:
 
     def lost_jobs(self, stale_after: float, requeue_after: float) -> list[Job]:
         """Running jobs whose worker went silent, and queued jobs whose message may be gone."""
-        now = _now()
+        now = utc_now()
         with self.session() as s:
             rows = s.scalars(select(JobRow).where(
                 JobRow.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))).all()
             lost = []
             for row in rows:
                 if row.state == JobState.RUNNING.value:
-                    silent = ((now - _aware(row.updated_at)).total_seconds() > stale_after
-                              and (now - _aware(row.dispatched_at)).total_seconds() > stale_after)
+                    silent = ((now - as_utc(row.updated_at)).total_seconds() > stale_after
+                              and (now - as_utc(row.dispatched_at)).total_seconds() > stale_after)
                 else:
-                    silent = (now - _aware(row.dispatched_at)).total_seconds() > requeue_after
+                    silent = (now - as_utc(row.dispatched_at)).total_seconds() > requeue_after
                 if silent:
                     row.dispatched_at = now
                     lost.append(_job(row))
@@ -433,7 +411,7 @@ class JobStore:
                              .where(JobRow.state == JobState.SUCCEEDED.value, JobRow.started_at.is_not(None))
                              .order_by(JobRow.finished_at.desc()).limit(limit)).all()
         # started_at IS NOT NULL is part of the query
-        return [(kind, (_aware(end) - _aware(cast(datetime, start))).total_seconds()) for kind, start, end in rows if end]
+        return [(kind, (as_utc(end) - as_utc(cast(datetime, start))).total_seconds()) for kind, start, end in rows if end]
 
     def start_job(self, job_id: str, stale_after: float = 90.0) -> Job | None:
         """Mark running and return the job; None when there is nothing for this delivery to do.
@@ -446,15 +424,15 @@ class JobStore:
             row = s.get(JobRow, job_id, with_for_update=True)
             if row is None or row.state in {st.value for st in TERMINAL}:
                 return None
-            if row.state == JobState.RUNNING.value and (_now() - _aware(row.updated_at)).total_seconds() < stale_after:
+            if row.state == JobState.RUNNING.value and (utc_now() - as_utc(row.updated_at)).total_seconds() < stale_after:
                 return None
             if row.cancel_requested:
-                row.state, row.stage, row.finished_at = JobState.CANCELLED.value, "cancelled", _now()
+                row.state, row.stage, row.finished_at = JobState.CANCELLED.value, "cancelled", utc_now()
                 return None
             row.state, row.stage = JobState.RUNNING.value, "starting"
-            row.started_at = row.started_at or _now()
+            row.started_at = row.started_at or utc_now()
             row.attempts += 1
-            row.updated_at = _now()
+            row.updated_at = utc_now()
             return _job(row)
 
     def progress(self, job_id: str, done: int, total: int, stage: str | None = None) -> bool:
@@ -467,12 +445,12 @@ class JobStore:
             row = s.get(JobRow, job_id)
             if row is None or row.cancel_requested:
                 return False
-            now = _now()
+            now = utc_now()
             row.done, row.total, row.updated_at = int(done), int(total), now
             if stage:
                 row.stage = stage
             if row.started_at and 0 < done < total:
-                elapsed = (now - _aware(row.started_at)).total_seconds()
+                elapsed = (now - as_utc(row.started_at)).total_seconds()
                 row.eta_seconds = elapsed / done * (total - done)
             elif done >= total:
                 row.eta_seconds = 0.0
@@ -490,8 +468,8 @@ class JobStore:
     def _finish(self, job_id: str, state: JobState, *, result: dict[str, Any] | None = None,
                 error: str | None = None) -> bool:
         with self.session() as s:
-            values: dict[str, Any] = {"state": state.value, "stage": state.value, "finished_at": _now(),
-                                      "updated_at": _now(), "error": error, "eta_seconds": 0.0}
+            values: dict[str, Any] = {"state": state.value, "stage": state.value, "finished_at": utc_now(),
+                                      "updated_at": utc_now(), "error": error, "eta_seconds": 0.0}
             if result is not None:
                 values["result"] = result
             changed = s.execute(update(JobRow).where(JobRow.id == job_id,
@@ -512,8 +490,8 @@ class JobStore:
             if row.state not in {t.value for t in TERMINAL}:
                 row.cancel_requested = True
                 if row.state == JobState.QUEUED.value:
-                    row.state, row.stage, row.finished_at = JobState.CANCELLED.value, "cancelled", _now()
-                row.updated_at = _now()
+                    row.state, row.stage, row.finished_at = JobState.CANCELLED.value, "cancelled", utc_now()
+                row.updated_at = utc_now()
             return _job(row)
 
     # workers ------------------------------------------------------------------------------
@@ -521,16 +499,16 @@ class JobStore:
         with self.session() as s:
             row = s.get(WorkerRow, name)
             if row is None:
-                s.add(WorkerRow(name=name, queues=queues, last_seen=_now()))
+                s.add(WorkerRow(name=name, queues=queues, last_seen=utc_now()))
             else:
-                row.last_seen, row.queues = _now(), queues
+                row.last_seen, row.queues = utc_now(), queues
 
     def live_workers(self, within_seconds: float = 30.0) -> list[tuple[str, str]]:
         with self.session() as s:
             rows = s.execute(select(WorkerRow.name, WorkerRow.queues, WorkerRow.last_seen)).all()
-        now = _now()
+        now = utc_now()
         return [(name, queues) for name, queues, seen in rows
-                if (now - _aware(seen)).total_seconds() <= within_seconds]
+                if (now - as_utc(seen)).total_seconds() <= within_seconds]
 
     def forget_worker(self, name: str) -> None:
         with self.session() as s:

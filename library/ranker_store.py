@@ -17,11 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     Boolean,
     DateTime,
     Engine,
@@ -29,27 +28,14 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
-    create_engine,
-    event,
     func,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from library.store import normalize_database_url, sqlite_pragmas
-
-_JSON = JSON().with_variant(JSONB(), "postgresql")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+from library.db import JSON_COLUMN, as_utc, make_engine, utc_now
 
 
 class Base(DeclarativeBase):
@@ -70,12 +56,12 @@ class TransferResultRow(Base):
     metric: Mapped[str | None] = mapped_column(String(32), nullable=True)
     score: Mapped[float] = mapped_column(Float)  # mean over seeds
     baseline_score: Mapped[float] = mapped_column(Float)  # mean over the same seeds
-    runs: Mapped[list[dict[str, Any]]] = mapped_column(_JSON, default=list)  # seed, score, baseline_score
-    features: Mapped[dict[str, Any] | None] = mapped_column(_JSON, nullable=True)  # the pair's, no prior
-    target_facts: Mapped[dict[str, Any] | None] = mapped_column(_JSON, nullable=True)
-    info: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)  # seconds, steps, checkpoint reuse, ...
+    runs: Mapped[list[dict[str, Any]]] = mapped_column(JSON_COLUMN, default=list)  # seed, score, baseline_score
+    features: Mapped[dict[str, Any] | None] = mapped_column(JSON_COLUMN, nullable=True)  # the pair's, no prior
+    target_facts: Mapped[dict[str, Any] | None] = mapped_column(JSON_COLUMN, nullable=True)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)  # seconds, steps, checkpoint reuse, ...
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
 
 
 class RankerVersionRow(Base):
@@ -88,11 +74,11 @@ class RankerVersionRow(Base):
     regime: Mapped[str] = mapped_column(String(64))
     model: Mapped[bytes] = mapped_column(LargeBinary)  # pickled `library.ranker.FittedRanker`
     sklearn_version: Mapped[str] = mapped_column(String(32))
-    spec: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)  # candidate, features
-    trained_on: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
-    validation: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)  # candidate, features
+    trained_on: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
+    validation: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
     note: Mapped[str] = mapped_column(String(500), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
 
 
 @dataclass(frozen=True)
@@ -148,14 +134,14 @@ def _result(row: TransferResultRow) -> TransferResult:
                           baseline_score=row.baseline_score, runs=list(row.runs or []),
                           features=dict(row.features) if row.features is not None else None,
                           target_facts=dict(row.target_facts) if row.target_facts is not None else None,
-                          info=dict(row.info or {}), owner=row.owner, created_at=_aware(row.created_at))
+                          info=dict(row.info or {}), owner=row.owner, created_at=as_utc(row.created_at))
 
 
 def _version(row: RankerVersionRow) -> RankerVersion:
     return RankerVersion(id=row.id, active=row.active, status=row.status, regime=row.regime,
                          sklearn_version=row.sklearn_version, spec=dict(row.spec or {}),
                          trained_on=dict(row.trained_on or {}), validation=dict(row.validation or {}),
-                         note=row.note, created_at=_aware(row.created_at))
+                         note=row.note, created_at=as_utc(row.created_at))
 
 
 _BY_ENGINE: dict[int, RankerStore] = {}
@@ -168,12 +154,7 @@ class RankerStore:
         if engine is None:
             if url is None:
                 raise ValueError("a database URL or an engine is needed")
-            url = normalize_database_url(url)
-            options: dict[str, Any] = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else \
-                {"pool_pre_ping": True}
-            engine = create_engine(url, **options)
-            if url.startswith("sqlite"):
-                event.listen(engine, "connect", sqlite_pragmas)
+            engine = make_engine(url)
             self._owns_engine = True
         else:
             self._owns_engine = False

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
-    JSON,
     DateTime,
     Engine,
     ForeignKey,
@@ -27,27 +26,24 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    create_engine,
     delete,
-    event,
     func,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from embeddings.registry import EMBEDDING_METHODS as EMBEDDING_METHOD_SPECS
 from embeddings.result import EmbeddingResult
 from embeddings.task_types import TASK_TYPE_NAMES
+from library.db import JSON_COLUMN, make_engine, normalize_database_url
 from library.errors import LibraryError
 from library.paths import DataPaths
 
 TASK_TYPES = TASK_TYPE_NAMES
 EMBEDDING_METHODS = tuple(EMBEDDING_METHOD_SPECS)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_JSON = JSON().with_variant(JSONB(), "postgresql")
 
 
 def _utcnow() -> datetime:
@@ -70,7 +66,7 @@ class SourceTaskRow(Base):
     num_train: Mapped[int] = mapped_column(Integer)
     num_dev: Mapped[int | None] = mapped_column(Integer, nullable=True)
     data_hash: Mapped[str] = mapped_column(String(64), index=True)
-    provenance: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
     library_version: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
@@ -90,7 +86,7 @@ class TaskEmbeddingRow(Base):
     component: Mapped[str] = mapped_column(String(200))
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
-    options: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
@@ -114,7 +110,7 @@ class SourceMapRow(Base):
     dim_out: Mapped[int] = mapped_column(Integer)
     weight: Mapped[bytes] = mapped_column(LargeBinary)  # fp16 (dim_out, dim_in), little-endian
     bias: Mapped[bytes] = mapped_column(LargeBinary)  # fp16 (dim_out,)
-    info: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)  # r2_heldout, rows, ridge, ...
+    info: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)  # r2_heldout, rows, ridge, ...
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
@@ -135,7 +131,7 @@ class LibraryBuildRow(Base):
     __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    info: Mapped[dict[str, Any]] = mapped_column(_JSON, default=dict)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON_COLUMN, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
@@ -207,14 +203,6 @@ class EmbeddingSet:
         return int(self.matrix.shape[1])
 
 
-def normalize_database_url(url: str) -> str:
-    """Force the psycopg 3 driver for plain PostgreSQL URLs (SQLAlchemy would pick psycopg2)."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
 def default_database_url(data_dir: str | Path) -> str:
     return f"sqlite:///{DataPaths(Path(data_dir)).database.resolve()}"
 
@@ -253,14 +241,7 @@ class LibraryStore:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = normalize_database_url(url)
-        kwargs: dict[str, Any] = {"echo": echo}
-        if self.url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 30}
-        else:
-            kwargs["pool_pre_ping"] = True
-        self.engine: Engine = create_engine(self.url, **kwargs)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", sqlite_pragmas)
+        self.engine: Engine = make_engine(self.url, echo=echo)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         Base.metadata.create_all(self.engine)
         self._ensure_meta()
@@ -609,13 +590,3 @@ class LibraryStore:
 
 def _format_version(revision: int, library_id: str) -> str:
     return f"r{revision}-{library_id[:8]}"
-
-
-def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    """SQLite ignores foreign keys (and so ON DELETE CASCADE) unless asked, per connection; WAL lets the
-    API read while a worker process writes."""
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()

@@ -56,7 +56,7 @@ def test_build_esm_rank_and_round_trip(esm_settings, shared_data, tmp_path, caps
     for name in SOURCES:
         assert f"{name} " in captured.out and "held-out R^2" in captured.out
     assert "stsb" in captured.err and "bench/transfer_matrix.py" in captured.err  # no checkpoint: says how
-    assert "conll2003_ner" in captured.err  # tagging: no source regime yet
+    assert "conll2003_ner" in captured.err  # a tagging source gets an ESM too, once its checkpoint is trained
     store = LibraryStore(esm_settings.resolved_database_url)
     maps = store.source_maps("esm")
     assert sorted(m.task_name for m in maps) == sorted(SOURCES)

@@ -61,11 +61,11 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def fake_checkpoints(data_dir: Path, encoder: Encoder, folder: Path) -> Path:
+def fake_checkpoints(data_dir: Path, encoder: Encoder, folder: Path, names: tuple[str, ...] = WITH_CHECKPOINT) -> Path:
     """Where the transfer cache would put each source's checkpoint, a perturbed copy of the encoder
     (no training: the library code only has to find, hash and load it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for seed, name in enumerate(WITH_CHECKPOINT):
+    for seed, name in enumerate(names):
         source = load_dataset(data_dir / name, limits=LoadLimits(max_rows=10**6))
         path = source_checkpoint_path(source, encoder, TransferOptions(), folder)
         generator = torch.Generator().manual_seed(seed)
