@@ -37,7 +37,9 @@ def print_validation(validation: dict[str, Any]) -> None:
         def mark(ok: bool) -> str:
             return "ok" if ok else "NOT reached"
 
-        echo(f"{bars['candidate']}: NDCG@{k} {over.get('datasize', float('nan')):+.3f} over DataSize (bar +0.10: "
+        judged = ("learned with the candidate chosen without each held-out target (nested; row 'nested')"
+                  if bars.get("judged_on") == "nested" else bars["candidate"])
+        echo(f"{judged}: NDCG@{k} {over.get('datasize', float('nan')):+.3f} over DataSize (bar +0.10: "
              f"{mark(bars['datasize_margin_ok'])}), {over.get('source_prior', float('nan')):+.3f} over the source "
              f"prior (bar +0.05: {mark(bars['source_prior_margin_ok'])}); top-1 helps on "
              f"{_pct(bars['top1_helps'], '.0%')} of the headline targets (bar 80%: {mark(bars['top1_ok'])}); "

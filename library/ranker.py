@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -40,6 +40,8 @@ from library.evaluation import (
     Run,
     TransferTable,
     evaluate,
+    informativeness,
+    ndcg_at_k,
     source_mean_gains,
     undefined_baselines,
 )
@@ -51,7 +53,10 @@ log = logging.getLogger(__name__)
 
 NAME = "learned"
 QUANTILES = (0.1, 0.9)  # the interval: nominal 80%
-UNLEARNED = (*PARTS, "ensemble", "esm_logme")  # ranked by their rank feature in validation
+UNLEARNED = (*PARTS, "ensemble", "esm_logme")
+# validation's "learned, selection validated" row: per held-out target, the candidate chosen by
+# leave-one-target-out on the other targets only (nested), so it is the figure to quote
+NESTED = "nested"  # ranked by their rank feature in validation
 SINGLE_VECTOR = tuple(p for p in PARTS if p != "taskemb")  # TextEmb and SEmb: one vector, a cosine
 
 FEATURES: dict[str, str] = {
@@ -447,6 +452,23 @@ def _ridge() -> Any:
                          Ridge(alpha=10.0))
 
 
+def signed_log1p(y: np.ndarray) -> np.ndarray:
+    return np.sign(y) * np.log1p(np.abs(y))
+
+
+def signed_expm1(z: np.ndarray) -> np.ndarray:
+    return np.sign(z) * np.expm1(np.abs(z))
+
+
+def _forest_log() -> Any:
+    """The forest on sign(g) log(1 + |g|) of the relative gain g (%): a target whose baseline is near zero
+    (CoLA's MCC 1.4 turns +8.6 points into +600%) otherwise dominates the squared error of every split."""
+    from sklearn.compose import TransformedTargetRegressor
+
+    return TransformedTargetRegressor(regressor=_forest(), func=signed_log1p, inverse_func=signed_expm1,
+                                      check_inverse=False)
+
+
 def _quantile(q: float) -> Any:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -460,6 +482,8 @@ CANDIDATES: dict[str, tuple[str, Callable[[], Any]]] = {
     "ridge": ("median imputation, standardisation, ridge regression (alpha 10)", _ridge),
     "forest_compact": ("the random forest without the per-component TaskEmb ranks (fewer features for few "
                        "targets)", _forest),
+    "forest_compact_log": ("the compact forest fitted on sign(g) log(1 + |g|) of the relative gain (heavy tails "
+                           "from near-zero baselines compressed; predictions mapped back)", _forest_log),
 }
 
 
@@ -469,7 +493,7 @@ def _component_rank(name: str) -> bool:
 
 def candidate_columns(candidate: str, names: Sequence[str]) -> list[int]:
     """The columns a candidate reads: a compact one leaves out the per-component TaskEmb ranks."""
-    return [j for j, n in enumerate(names) if not (candidate.endswith("_compact") and _component_rank(n))]
+    return [j for j, n in enumerate(names) if not ("_compact" in candidate and _component_rank(n))]
 
 
 def _normal_cdf(x: float) -> float:
@@ -610,10 +634,11 @@ def _fit_one(candidate: str, x: np.ndarray, y: np.ndarray) -> Any:
     return model
 
 
-def _fold_rows(data: TrainingData, held_out: str | None) -> tuple[list[dict[str, float]], list[float],
-                                                                    list[Example]]:
-    """Training rows with the prior computed without `held_out` and without the row's own target."""
-    gains = {t: g for t, g in data.gains().items() if t != held_out}
+def _fold_rows(data: TrainingData, held_out: str | Collection[str] | None) -> tuple[list[dict[str, float]],
+                                                                                   list[float], list[Example]]:
+    """Training rows with the prior computed without the held-out target(s) and without the row's own target."""
+    out = {held_out} if isinstance(held_out, str) else set(held_out or ())
+    gains = {t: g for t, g in data.gains().items() if t not in out}
     rows, ys, kept = [], [], []
     for target in sorted(gains):
         own = [e for e in data.examples if e.target == target]
@@ -623,6 +648,43 @@ def _fold_rows(data: TrainingData, held_out: str | None) -> tuple[list[dict[str,
             ys.append(e.gain)
             kept.append(e)
     return rows, ys, kept
+
+
+def _fold_design(data: TrainingData, names: Sequence[str], held_out: Collection[str], target: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[Example]]:
+    """(x, y) from every target but `held_out`, and the rows of `target` (one of them) to predict, with
+    the prior from the training targets only; columns with no value in training dropped."""
+    rows, ys, _ = _fold_rows(data, held_out)
+    x, y = _matrix(rows, names), np.asarray(ys)
+    test = [e for e in data.examples if e.target == target]
+    prior = prior_features({t: g for t, g in data.gains().items() if t not in held_out}, [e.source for e in test],
+                           exclude=(target,))
+    xt = _matrix([{**e.features, **prior[e.source]} for e in test], names)
+    keep = _usable(x)
+    return x[:, keep], y, xt[:, keep], [names[j] for j in keep], test
+
+
+def _nested_choice(data: TrainingData, names: Sequence[str], candidates: Sequence[str], scope: Collection[str],
+                   k_ndcg: int) -> dict[str, str]:
+    """For each held-out target, the candidate that wins leave-one-target-out on the *other* targets alone
+    (mean NDCG@k over those of them in `scope`, all of them when none is): the selection step itself
+    validated, so the reported figure is not flattered by picking the best of several on the same folds."""
+    targets = data.table.targets()
+    chosen: dict[str, str] = {}
+    for outer in targets:
+        inner = [t for t in targets if t != outer]
+        scored = [t for t in inner if t in scope] or inner
+        totals = dict.fromkeys(candidates, 0.0)
+        for t in scored:
+            x, y, xt, kept, test = _fold_design(data, names, {outer, t}, t)
+            gains = data.table.gains(t)
+            for candidate in candidates:
+                cols = candidate_columns(candidate, kept)
+                mean = _fit_one(candidate, x[:, cols], y).predict(xt[:, cols])
+                order = [e.source for _, e in sorted(zip(-mean, test, strict=True), key=lambda p: (p[0], p[1].source))]
+                totals[candidate] += ndcg_at_k(order, gains, k_ndcg)
+        chosen[outer] = max(candidates, key=lambda c: (totals[c], -list(candidates).index(c)))
+    return chosen
 
 
 def validate(data: TrainingData, candidates: Sequence[str] = tuple(CANDIDATES), k_ndcg: int = 5) -> dict[str, Any]:
@@ -636,21 +698,19 @@ def validate(data: TrainingData, candidates: Sequence[str] = tuple(CANDIDATES), 
     predictions: dict[str, dict[str, dict[str, tuple[float, float, float]]]] = {c: {} for c in candidates}
     names = feature_names([e.features for e in data.examples] + [dict.fromkeys(PRIOR_KEYS, 0.0)])
     for target in targets:
-        rows, ys, _ = _fold_rows(data, target)
-        x, y = _matrix(rows, names), np.asarray(ys)
-        test = [e for e in data.examples if e.target == target]
-        prior = prior_features({t: g for t, g in data.gains().items() if t != target}, [e.source for e in test],
-                               exclude=(target,))
-        xt = _matrix([{**e.features, **prior[e.source]} for e in test], names)
-        keep = _usable(x)
-        x, xt = x[:, keep], xt[:, keep]
-        kept = [names[j] for j in keep]
+        x, y, xt, kept, test = _fold_design(data, names, {target}, target)
         low, high = _fit_quantile(QUANTILES[0], x, y).predict(xt), _fit_quantile(QUANTILES[1], x, y).predict(xt)
         for candidate in candidates:
             cols = candidate_columns(candidate, kept)
             mean = _fit_one(candidate, x[:, cols], y).predict(xt[:, cols])
             predictions[candidate][target] = {e.source: (float(m), float(min(lo, hi, m)), float(max(lo, hi, m)))
                                               for e, m, lo, hi in zip(test, mean, low, high, strict=True)}
+    nested: dict[str, str] = {}
+    if len(candidates) > 1 and len(targets) >= 3:
+        scope = {t for t, v in informativeness(data.table.runs, data.table.majority).items() if v.get("informative")}
+        nested = _nested_choice(data, names, candidates, scope, k_ndcg)
+        predictions[NESTED] = {t: predictions[nested[t]][t] for t in targets}
+
     def best_first(p: Mapping[str, tuple[float, float, float]]) -> list[str]:
         return sorted(p, key=lambda s: (-p[s][0], s))
 
@@ -712,7 +772,7 @@ def validate(data: TrainingData, candidates: Sequence[str] = tuple(CANDIDATES), 
             "methods": {m: {k: v for k, v in s.items() if k != "per_target"} | {"per_target": {
                 t: v["ndcg"] for t, v in s["per_target"].items()}} for m, s in result["methods"].items()},
             "candidates": extra, "top1_helps": baselines_top1,
-            "nominal_coverage": QUANTILES[1] - QUANTILES[0],
+            "nominal_coverage": QUANTILES[1] - QUANTILES[0], "nested_choice": nested,
             "informative_targets": [t for t, v in info.items() if v.get("informative")],
             "skipped_targets": result["skipped_targets"]}
 
@@ -854,19 +914,25 @@ def validate_matrix(service: Any, rstore: RankerStore, matrix: Path, *, use_rows
 
 
 def criteria(validation: Mapping[str, Any]) -> dict[str, Any]:
-    """The chosen candidate against the bars it must clear (the issue's "done when"): NDCG@5 over DataSize
+    """The learned ranker against the bars it must clear (the issue's "done when"): NDCG@5 over DataSize
     (+0.10) and the source prior (+0.05), top-1 helps on >= 80% of the headline targets, and whether it beats
-    every unlearned method (then `learned` may become the default method)."""
+    every unlearned method (then `learned` may become the default method).
+
+    Judged on the nested row (each held-out target ranked by the candidate chosen without it) when there
+    is one; the chosen candidate's own row picks the best of several on the same folds, which flatters it.
+    """
     chosen = validation.get("chosen")
     methods = validation.get("methods", {})
     if chosen not in methods:
         return {}
-    mine = float(methods[chosen]["ndcg"])
+    judged = NESTED if NESTED in methods else chosen
+    mine = float(methods[judged]["ndcg"])
     unlearned = {m: float(v["ndcg"]) for m, v in methods.items()
-                 if m not in CANDIDATES and m != "random"}
-    numbers = validation.get("candidates", {}).get(chosen, {})
+                 if m not in CANDIDATES and m not in (NESTED, "random")}
+    numbers = validation.get("candidates", {}).get(judged, {})
     over = {m: mine - v for m, v in unlearned.items()}
-    return {"candidate": chosen, "ndcg": mine, "over": over,
+    return {"candidate": chosen, "judged_on": judged, "ndcg": mine,
+            "ndcg_chosen_same_folds": float(methods[chosen]["ndcg"]), "over": over,
             "datasize_margin_ok": over.get("datasize", -1.0) >= 0.10,
             "source_prior_margin_ok": over.get("source_prior", -1.0) >= 0.05,
             "top1_helps": numbers.get("top1_helps"), "top1_ok": (numbers.get("top1_helps") or 0.0) >= 0.8,

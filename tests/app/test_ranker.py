@@ -99,13 +99,19 @@ def test_fit_validates_and_ranks_in_expected_gain(service, service_settings, tar
         for name in ("gbm", "forest", "ridge", "random", "datasize", "source_prior", "textemb", "semb", "taskemb",
                      "ensemble"):
             assert 0.0 <= methods[name]["ndcg"] <= 1.0, name
-        for candidate in ("gbm", "forest", "ridge", "forest_compact"):
+        for candidate in ("gbm", "forest", "ridge", "forest_compact", "forest_compact_log"):
             numbers = validation["candidates"][candidate]
             assert 0.0 <= numbers["coverage"] <= 1.0 and numbers["mae"] >= 0
         assert validation["nominal_coverage"] == pytest.approx(0.8)
         bars = validation["criteria"]
         assert bars["candidate"] == validation["chosen"] and set(bars["over"]) >= {"datasize", "source_prior"}
         assert bars["over"]["datasize"] == pytest.approx(bars["ndcg"] - methods["datasize"]["ndcg"])
+        # nested selection: each held-out target ranked by the candidate chosen without it, and judged on that
+        nested = validation["nested_choice"]
+        assert sorted(nested) == sorted(LIBRARY_TASKS) and set(nested.values()) <= set(validation["candidates"])
+        for t, candidate in nested.items():
+            assert methods["nested"]["per_target"].get(t) == methods[candidate]["per_target"].get(t)
+        assert bars["judged_on"] == "nested" and bars["ndcg"] == pytest.approx(methods["nested"]["ndcg"])
         trained = report.version.trained_on
         assert trained["rows"] == 20 and trained["targets"] == 5 and trained["regime"] == service_regime(
             library_hash(service_settings)) and trained["user_results"] == 0
@@ -172,7 +178,7 @@ def test_cli_fit_list_use_and_get_ranker(service_settings, shared_data, tmp_path
         body = client.get("/ranker").json()
     assert body["active"]["version"] == 1 and [v["version"] for v in body["versions"]] == [1, 2]
     assert body["active"]["trained_on"]["rows"] == 20 and body["validation_table"][0]["method"] in (
-        "gbm", "forest", "ridge", "forest_compact")
+        "gbm", "forest", "ridge", "forest_compact", "forest_compact_log")
     assert "prior_gain" in body["features"] and body["transfer_results"] == 0
     assert body["criteria"]["candidate"] == body["active"]["spec"]["candidate"]
 

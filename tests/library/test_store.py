@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from library.errors import LibraryError
 from library.db import normalize_database_url
+from library.errors import LibraryError
 from library.store import EmbeddingKey, LibraryStore, SourceTask, TaskEmbeddingRow
 from tests.library.helpers import MODEL, MODEL_HASH, data_hash, make_result
 
