@@ -1,0 +1,138 @@
+"""The README's "Selection quality" figures, regenerated from the shipped transfer matrix in one run.
+
+Scores every ranking method on the matrix (`taskrank evaluate`: random, DataSize and the source prior
+beside them; headline on the informative targets, by the rule fixed in `library/evaluation.py`), and
+the learned ranker leave-one-target-out (`taskrank ranker validate`, its nested row first), then writes
+
+* `bench/results/selection_quality.json`: both results as the commands' `--json` give them, with the
+  matrix's size, its sidecar's device and the machine this ran on;
+* `bench/results/selection_quality.md`: the per-target table and the methods table;
+* with `--readme`, the same Markdown between the `<!-- selection-quality:begin -->` and
+  `<!-- selection-quality:end -->` markers of README.md (the prose around them is written by hand).
+
+    .venv/bin/python bench/selection_report.py --readme
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+_ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- selection-quality:begin -->", "<!-- selection-quality:end -->"
+LABELS = {"nested": "learned (candidate chosen without the held-out target)", "datasize": "DataSize (largest first)",
+          "source_prior": "source prior (mean relative gain elsewhere)", "random": "random (mean of 100)"}
+
+
+def _f(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(float(value), spec)
+
+
+def per_target_table(evaluation: dict[str, Any]) -> list[str]:
+    lines = ["| target | metric | baseline (± sd over seeds) | majority class | seed sd | best source | gain (pts) "
+             "| 95% interval | sources x seeds | informative |", "|---|---|---:|---:|---:|---|---:|---|---:|---|"]
+    for target, v in evaluation["informativeness"].items():
+        ci = v.get("best_gain_ci95")
+        lines.append(
+            f"| {target} | {v['metric']} | {_f(v['baseline_mean'], '.1f')} ± {_f(v['baseline_sd'], '.1f')} "
+            f"| {_f(v['majority_score'], '.1f')} | {_f(v['seed_sd'], '.2f')} | {v['best_source']} "
+            f"| {v['best_gain_points']:+.1f} | {'-' if ci is None else f'{ci[0]:+.1f}..{ci[1]:+.1f}'} "
+            f"| {v['sources']} x {v['seeds']} | {'yes' if v['informative'] else 'no'} |")
+    return lines
+
+
+def methods_table(evaluation: dict[str, Any], validation: dict[str, Any] | None) -> list[str]:
+    k = evaluation["k_ndcg"]
+    head = evaluation["headline"]
+    rows: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
+    if validation is not None:
+        for name in ("nested", validation.get("chosen")):
+            if name and name in validation["methods"]:
+                label = LABELS.get(name, f"learned: {name} (best candidate on the same folds)")
+                rows.append((label, validation["methods"][name], None))
+    all_targets = evaluation.get("methods_all_targets", {})
+    for method, m in sorted(evaluation["methods"].items(), key=lambda kv: -kv[1]["ndcg"]):
+        rows.append((LABELS.get(method, method), m, all_targets.get(method)))
+    lines = [f"| method | NDCG@{k} | rho | Regret@{evaluation['k_regret']} (%) | NDCG@{k}, all {len(evaluation['targets'])} "
+             "targets |", "|---|---:|---:|---:|---:|"]
+    for label, m, everywhere in rows:
+        lines.append(f"| {label} | {_f(m['ndcg'])} | {_f(m['rho'], '.2f')} | {_f(m['regret'], '.2f')} "
+                     f"| {_f(everywhere['ndcg']) if everywhere else '-'} |")
+    lines.append("")
+    lines.append(f"Headline columns over the {len(head['targets'])} {head['scope']} target(s): "
+                 f"{', '.join(head['targets'])}.")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--matrix", default=str(_ROOT / "library" / "default" / "transfer_matrix.csv"))
+    parser.add_argument("--out", default=str(_ROOT / "bench" / "results" / "selection_quality"))
+    parser.add_argument("--no-ranker", action="store_true", help="leave the learned ranker out")
+    parser.add_argument("--readme", action="store_true", help="rewrite README.md between the markers")
+    args = parser.parse_args()
+
+    from app.cli_common import library_service
+    from library.evaluation import load_transfer_matrix
+    from library.settings import get_settings
+
+    settings = get_settings()
+    matrix = Path(args.matrix)
+    started = time.perf_counter()
+    table = load_transfer_matrix(matrix)
+    with library_service(settings) as service:
+        evaluation = service.evaluate(table)
+        validation = None
+        if not args.no_ranker:
+            from library.ranker import validate_matrix
+            from library.ranker_store import RankerStore
+
+            with RankerStore(settings.resolved_database_url) as rstore:
+                validation = validate_matrix(service, rstore, matrix)
+    with matrix.open(newline="") as fh:
+        runs = list(csv.DictReader(fh))
+    sidecar_path = matrix.with_suffix(".json")
+    sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else {}
+    devices = sorted({s.get("device", "?") for s in sidecar.get("sessions", [])})
+    about = {"matrix": str(matrix.relative_to(_ROOT)) if matrix.is_relative_to(_ROOT) else str(matrix),
+             "runs": len(runs), "targets": len({r["target"] for r in runs}), "sources": len({r["source"] for r in runs}),
+             "matrix_devices": devices, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+             "generated": datetime.now(UTC).isoformat(timespec="minutes"), "seconds": round(time.perf_counter() - started)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"about": about, "evaluate": evaluation, "ranker": validation},
+                                                   indent=1, default=str) + "\n")
+    skipped = evaluation.get("skipped_methods", {})
+    md = [f"Generated by `bench/selection_report.py` from `{about['matrix']}` ({about['runs']} transfer runs, "
+          f"{about['targets']} targets, {about['sources']} sources; {about['generated']}).", "",
+          "**Per target** (gains in points of the target's metric x 100, paired on the seed):", "",
+          *per_target_table(evaluation), "", "**Methods** (leave-one-target-out for the learned ranker):", "",
+          *methods_table(evaluation, validation)]
+    if skipped:
+        md += ["", "Not scored here: " + "; ".join(f"{m} ({why})" for m, why in skipped.items())]
+    text = "\n".join(md) + "\n"
+    out.with_suffix(".md").write_text(text)
+    if args.readme:
+        readme = _ROOT / "README.md"
+        body = readme.read_text()
+        if BEGIN not in body or END not in body:
+            raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
+        head, rest = body.split(BEGIN, 1)
+        readme.write_text(head + BEGIN + "\n" + text + END + rest.split(END, 1)[1])
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
