@@ -178,16 +178,31 @@ def load_transfer_table(path: str | Path, targets: Collection[str] | None = None
     return TransferTable(_averaged(runs), runs=runs)
 
 
-def undefined_baselines(runs: Sequence[Run]) -> dict[str, str]:
-    """Targets with a run whose baseline is zero or negative (relative gain undefined there) -> why."""
+def undefined_baselines(runs: Sequence[Run], chance: Mapping[str, float] | None = None) -> dict[str, str]:
+    """Targets whose relative gain is undefined -> why.
+
+    * a run's baseline is zero or negative;
+    * given the targets' chance scores (`chance`: the majority-class score of a matrix's sidecar, 0 for
+      MCC and correlations), the target was *not learnt*: its mean no-transfer baseline is within twice
+      its pooled seed sd of chance. A relative gain then divides by noise (CoLA at 160 steps: MCC
+      1.4 +- 0.6, so +8.6 points reads +600% and outweighs every other target in a mean over targets).
+    """
     bad: dict[str, list[float]] = {}
     for r in runs:
         if r.baseline_score <= 0:
             bad.setdefault(r.target, []).append(r.baseline_score)
-    return {
+    out = {
         t: f"baseline_score <= 0 in {len(v)} run(s) (lowest {min(v):g}): relative gain is undefined"
         for t, v in sorted(bad.items())
     }
+    if chance:
+        info = informativeness([r for r in runs if r.target not in out], chance)
+        for t, v in info.items():
+            floor, sd = chance.get(t), v["seed_sd"]
+            if floor is not None and sd is not None and v["baseline_mean"] - floor <= 2 * sd:
+                out[t] = (f"not learnt: its no-transfer baseline {v['baseline_mean']:.2f} is within 2 x its seed sd "
+                          f"({sd:.2f}) of chance ({floor:g}), so a relative gain divides by noise")
+    return dict(sorted(out.items()))
 
 
 def majority_scores(sidecar: Mapping[str, Any] | None) -> dict[str, float]:
@@ -208,18 +223,15 @@ def load_transfer_matrix(
     targets: Collection[str] | None = None,
     sidecar: str | Path | None = None,
 ) -> TransferTable:
-    """Like `load_transfer_table`, but a target with a zero or negative baseline is skipped, not fatal.
+    """Like `load_transfer_table`, but a target whose relative gain is undefined (a zero or negative
+    baseline, or, with the sidecar's chance scores, a target not learnt: `undefined_baselines`) is
+    skipped, not fatal.
 
     Keeps every run (for seeds and informativeness); `skipped` says which targets were left out and
     why. The sidecar (default: the table's path with `.json`, when it exists) gives each target's
     majority-class score. Errors in the file itself (a missing column, a non-number) still raise.
     """
     runs, _ = _read_rows(path, targets, strict=False)
-    skipped = undefined_baselines(runs)
-    kept = [r for r in runs if r.target not in skipped]
-    if not kept:
-        reasons = "; ".join(f"{t}: {why}" for t, why in skipped.items())
-        raise ValueError(f"{path}: every target was skipped ({reasons})")
     sidecar_path = Path(sidecar) if sidecar is not None else Path(path).with_suffix(".json")
     majority: dict[str, float] = {}
     if sidecar_path.is_file():
@@ -229,6 +241,11 @@ def load_transfer_matrix(
             raise ValueError(f"{sidecar_path}: not valid JSON ({exc})") from None
     elif sidecar is not None:
         raise ValueError(f"{sidecar_path}: no such sidecar file")
+    skipped = undefined_baselines(runs, majority)
+    kept = [r for r in runs if r.target not in skipped]
+    if not kept:
+        reasons = "; ".join(f"{t}: {why}" for t, why in skipped.items())
+        raise ValueError(f"{path}: every target was skipped ({reasons})")
     return TransferTable(_averaged(kept), runs=kept, skipped=skipped, majority=majority)
 
 

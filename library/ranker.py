@@ -375,7 +375,7 @@ def gather(service: Any, rstore: RankerStore, matrix: Path | None, *, use_rows: 
             majority = majority_scores(sidecar)
     elif matrix is not None:
         notes.append(f"no transfer matrix at {matrix}")
-    skipped = undefined_baselines(runs)
+    skipped = undefined_baselines(runs, majority)
     for t, why in skipped.items():
         notes.append(f"target {t} left out: {why}")
     runs = [r for r in runs if r.target not in skipped]

@@ -268,7 +268,7 @@ def build_view(matrix_runs: Sequence[dict[str, Any]], sidecar: Mapping[str, Any]
     """
     sidecar = sidecar or {}
     majority = majority_scores(sidecar)
-    skipped = undefined_baselines([_as_run(r, r["target"]) for r in matrix_runs])
+    skipped = undefined_baselines([_as_run(r, r["target"]) for r in matrix_runs], majority)
     columns: dict[str, _Column] = {}
     for r in sorted(matrix_runs, key=lambda r: (r["target"], r["source"], r["seed"] or 0)):
         if r["target"] not in skipped:

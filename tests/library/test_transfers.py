@@ -22,6 +22,7 @@ from library.evaluation import (
     load_transfer_table,
     source_prior,
     t975,
+    undefined_baselines,
 )
 from library.transfers import (
     DEFAULT_MATRIX,
@@ -147,10 +148,22 @@ def test_baseline_alias(tmp_path: Path) -> None:
 
 def test_sidecar_majority_is_read_beside_the_table(tmp_path: Path) -> None:
     path = write_matrix(tmp_path / "m.csv", ROWS)
-    path.with_suffix(".json").write_text('{"targets": {"INF": {"majority_score": 50.5, "metric": "accuracy"}}}')
+    path.with_suffix(".json").write_text('{"targets": {"INF": {"majority_score": 30.5, "metric": "accuracy"}}}')
     table = load_transfer_matrix(path)
-    assert table.majority == {"INF": 50.5}
-    assert evaluate(table, {})["informativeness"]["INF"]["majority_score"] == 50.5
+    assert table.majority == {"INF": 30.5}
+    assert evaluate(table, {})["informativeness"]["INF"]["majority_score"] == 30.5
+
+
+def test_a_target_not_learnt_is_skipped_as_its_relative_gain_is_noise(tmp_path: Path) -> None:
+    # INF's baseline (51 over two seeds) is within 2 x its pooled seed sd of a 50.5 majority class: not learnt
+    path = write_matrix(tmp_path / "m.csv", ROWS)
+    path.with_suffix(".json").write_text('{"targets": {"INF": {"majority_score": 50.5}, "NOISE": {"majority_score": 0}}}')
+    table = load_transfer_matrix(path)
+    assert table.targets() == ["NOISE"] and table.skipped["INF"].startswith("not learnt")
+    assert "within 2 x its seed sd" in table.skipped["INF"] and "chance (50.5)" in table.skipped["INF"]
+    assert evaluate(table, {})["skipped_targets"]["INF"] == table.skipped["INF"]
+    assert undefined_baselines(runs_of(ROWS)) == {}  # without chance scores only a zero baseline counts
+    assert undefined_baselines(runs_of(ROWS), {"INF": 40.0, "NOISE": 0.0}) == {}  # 11 points above chance: learnt
 
 
 # -- the source prior and the headline --------------------------------------------------------------------
@@ -250,10 +263,10 @@ def runs_of_dicts(rows: list[tuple]) -> list[dict]:
 
 
 def test_view_marks_uninformative_targets() -> None:
-    view = build_view(runs_of_dicts(ROWS), {"targets": {"INF": {"majority_score": 49.0}}})
+    view = build_view(runs_of_dicts(ROWS), {"targets": {"INF": {"majority_score": 40.0}}})
     flags = {t["name"]: t["informative"] for t in view["targets"]}
     assert flags == {"INF": True, "NOISE": False}
-    assert next(t for t in view["targets"] if t["name"] == "INF")["majority_score"] == 49.0
+    assert next(t for t in view["targets"] if t["name"] == "INF")["majority_score"] == 40.0
 
 
 # -- a user's transfer jobs ---------------------------------------------------------------------------
