@@ -193,6 +193,7 @@ def evaluate_transfer_table(
     missing: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
     notes: dict[str, dict[str, str]] = {}
+    unscored: dict[str, dict[str, list[str]]] = {}  # method -> target -> measured sources it could not score
     for target in table.targets():
         stored = stored_targets(store, tasks[target])
         for method in methods:
@@ -213,10 +214,12 @@ def evaluate_transfer_table(
                 continue
             rankings[method][target] = ranking.names()
             left_out = [s for s in table.sources(target) if s in tasks and s not in ranking.names()]
-            if spec.needs_library and left_out:  # measured sources without the library-side vectors
+            if left_out:  # measured sources the method could not score (no vectors, map or checkpoint)
+                unscored.setdefault(method, {})[target] = left_out
+                lacking = (f"no {', '.join(spec.needs_library)} vectors" if spec.needs_library else
+                           "nothing this method scores them with here (an ESM map, or for logme a cached checkpoint)")
                 notes.setdefault(method, {})[target] = (
-                    f"{method}: measured source(s) {', '.join(left_out)} have no {', '.join(spec.needs_library)} "
-                    "vectors and count as ranked last")
+                    f"{method}: measured source(s) {', '.join(left_out)} have {lacking} and count as ranked last")
         gone = [s for s in table.sources(target) if s not in tasks]
         if gone:
             missing[target] = gone
@@ -226,6 +229,7 @@ def evaluate_transfer_table(
     result = evaluate(table, rankings, source_sizes=sizes, **kwargs)
     result["skipped_methods"] = skipped
     result["method_notes"] = {m: n for m, n in notes.items() if m not in skipped}
+    result["unscored_sources"] = {m: u for m, u in unscored.items() if m not in skipped}
     result["missing_sources"] = missing
     result["library_version"] = store.version()
     return result

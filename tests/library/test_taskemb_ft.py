@@ -130,6 +130,7 @@ def test_the_variant_is_a_ranking_method_that_never_mixes_in_old_vectors(built, 
     result = evaluate_transfer_table(library, table, ["taskemb", TASKEMB_FT])
     assert set(result["methods"]) >= {"taskemb", TASKEMB_FT} and result["skipped_methods"] == {}
     assert "cola" in result["method_notes"][TASKEMB_FT]["sst2"] and "taskemb" not in result["method_notes"]
+    assert result["unscored_sources"] == {TASKEMB_FT: {"sst2": ["cola"]}}
 
 
 def test_a_missing_checkpoint_gives_a_clear_message(tmp_path, data_dir, tiny_encoder):
