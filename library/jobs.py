@@ -358,11 +358,14 @@ class JobStore:
         row = self._read_one(_JOB_BY_ID, job_id)
         return _job(row) if row else None  # type: ignore[arg-type]
 
-    def list_jobs(self, *, state: str | None = None, owner: str | None = None, limit: int = 50) -> list[Job]:
+    def list_jobs(self, *, state: str | None = None, owner: str | None = None, kind: str | None = None,
+                  limit: int = 50) -> list[Job]:
         with self.session() as s:
             query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
             if state:
                 query = query.where(JobRow.state == state)
+            if kind:
+                query = query.where(JobRow.kind == kind)
             if owner is not None:
                 query = query.where(JobRow.owner == owner)
             return [_job(r) for r in s.scalars(query)]

@@ -99,6 +99,10 @@ def run_rank(job_id: str, store: JobStore, service: LibraryService, settings: Se
 
         result = service.rank(dataset, payload.method, payload.top_k, payload.all_class, progress, on_stage=stage)
         answer = result.to_dict()
+        if result.info.get("fallback") and (fit := _maybe_first_fit(store, settings)) is not None:
+            answer["info"]["first_fit_job"] = fit
+            answer["info"]["note"] = (f"{answer['info'].get('note', '')} The first fit from the shipped transfer "
+                                      f"matrix is queued (job {fit}); rankings after it finishes use it.").strip()
         answer["dataset_id"] = record.id
         if ranking is not None:
             store.set_ranking_result(ranking.id, answer)
@@ -304,19 +308,35 @@ def _maybe_refit(store: JobStore, rstore: Any, settings: Settings, regime: str |
     last = max((int(v.trained_on.get("results_max_id") or 0) for v in versions), default=0)
     if regime is None or rstore.count_results(regime, after_id=last) < settings.ranker_refit_after:
         return None
+    return _queue_ranker_fit(store, settings, "new transfer results")
+
+
+def _maybe_first_fit(store: JobStore, settings: Settings) -> str | None:
+    """A fresh install ships a transfer matrix but no fitted ranker: the first `learned` ranking that falls
+    back queues the first fit from it, once (a fit that ran and failed is not retried on every ranking;
+    `taskrank ranker fit` says why). Returns the job's id."""
+    from library.ranker_store import RankerStore
+
+    if RankerStore.for_engine(store.engine).versions() or not settings.resolved_transfer_matrix.is_file():
+        return None
+    if store.list_jobs(kind="ranker_fit", limit=1):
+        return None
+    return _queue_ranker_fit(store, settings, "first fit from the shipped transfer matrix")
+
+
+def _queue_ranker_fit(store: JobStore, settings: Settings, reason: str) -> str | None:
     if any(j.kind == "ranker_fit" for j in store.unfinished_jobs()):
         return None
     from worker.job_kinds import JOB_KINDS
 
     kind = JOB_KINDS["ranker_fit"]
-    job = store.create_job(kind.name, params=RankerFitPayload(reason="new transfer results").model_dump(),
-                           queue=kind.queue)
+    job = store.create_job(kind.name, params=RankerFitPayload(reason=reason).model_dump(), queue=kind.queue)
     try:
         from worker.celery_app import make_celery
 
         make_celery(settings).send_task(kind.task_name, args=[job.id], queue=kind.queue)
     except Exception as exc:  # noqa: BLE001 - the sweep dispatches queued jobs whose message is missing
-        log.warning("ranker refit %s queued but not dispatched now: %s", job.id, exc)
+        log.warning("ranker fit %s queued but not dispatched now: %s", job.id, exc)
     return job.id
 
 

@@ -272,3 +272,38 @@ def test_the_loop_a_transfer_becomes_a_row_and_a_refit_a_new_version(service_set
         second = client.get(f"/rankings/{second.json()['id']}").json()
         assert second["info"]["ranker_version"] == 2
         assert all(s["details"]["learned"]["ranker_version"] == 2 for s in second["sources"])
+
+
+def test_the_first_cold_learned_ranking_queues_the_first_fit_from_the_matrix(service_settings, shared_data,
+                                                                             tmp_path) -> None:
+    from library.jobs import JobStore
+    from tests.app.test_transfers import run_queued_jobs, upload
+    from worker.job_kinds import JOB_KINDS
+
+    matrix = write_matrix(tmp_path / "m", library_hash(service_settings))
+    settings = service_settings.model_copy(update={"transfer_matrix": matrix, "ranker_esm_features": False})
+    with TestClient(create_app(settings)) as client:
+        target = upload(client, shared_data, tmp_path)
+        posted = client.post("/rankings", json={"dataset_id": target["id"], "method": "learned", "top_k": 3}).json()
+        run_queued_jobs(settings)
+        cold = client.get(f"/rankings/{posted['id']}").json()
+        assert cold["info"]["fallback"] == "ensemble" and cold["info"]["ranker_version"] is None
+        fit_job = cold["info"]["first_fit_job"]
+        assert "first fit from the shipped transfer matrix is queued" in cold["info"]["note"]
+        job = client.get(f"/jobs/{fit_job}").json()
+        assert job["kind"] == "ranker_fit" and job["state"] == "queued"
+        assert JOB_KINDS["ranker_fit"].queue == job["queue"]
+        # another cold ranking while the fit waits queues no second fit
+        other = client.post("/rankings", json={"dataset_id": target["id"], "method": "learned", "top_k": 2}).json()
+        store = JobStore(settings.resolved_database_url)
+        try:
+            assert [j.id for j in store.unfinished_jobs() if j.kind == "ranker_fit"] == [fit_job]
+        finally:
+            store.close()
+        run_queued_jobs(settings)  # the second ranking, then the fit
+        assert client.get(f"/jobs/{fit_job}").json()["state"] == "succeeded"
+        assert "first_fit_job" not in client.get(f"/rankings/{other['id']}").json()["info"]
+        warm = client.post("/rankings", json={"dataset_id": target["id"], "method": "learned", "top_k": 3}).json()
+        run_queued_jobs(settings)
+        body = client.get(f"/rankings/{warm['id']}").json()
+        assert body["info"]["ranker_version"] == 1 and "fallback" not in body["info"]
