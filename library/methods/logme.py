@@ -9,8 +9,9 @@ predictable). Sources without an ESM (or checkpoint) are left out of the ranking
 error when none is left.
 
 A sequence-labelling target is scored on tokens: a seeded sample of `embeddings.esm.TOKEN_BUDGET`
-words (first sub-token of each) with their tags, ranked against every source with a map (only
-classification and regression sources have one). ESMs were fitted on pooled sentence vectors, so
+words (first sub-token of each) with their tags, ranked against every source with a map (of any task
+type: tagging and QA sources' maps are fitted on their pooled sentences too). ESMs were fitted on pooled
+sentence vectors, so
 mapping token states through them is an approximation; `logme` is exact here too. Question answering
 is refused with the methods that work (`library.esm.target_labels`).
 """

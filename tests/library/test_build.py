@@ -307,7 +307,8 @@ def test_the_shipped_default_library_is_a_valid_bundle(tmp_path: Path) -> None:
         pytest.skip(f"no default library shipped at {path}")
     manifest = json.loads((path / MANIFEST).read_text())
     assert len(manifest["tasks"]) == 30
-    assert sum(f.stat().st_size for f in path.iterdir()) < 5_000_000
+    # ESMs for all 30 sources (int8 rows, about 150 KB each) are most of it: a few MB, as the ESM issue asks
+    assert sum(f.stat().st_size for f in path.iterdir()) < 8_000_000
     with LibraryStore.from_data_dir(tmp_path) as store:
         report = ensure_default_library(store)
         assert report is not None and len(report.added) == 30

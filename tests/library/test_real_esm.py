@@ -38,8 +38,7 @@ def _top(service: LibraryService, shared_data: Path, task: str, k: int) -> list[
 def test_shipped_esms_are_imported_into_a_fresh_install(service):
     shipped = service.store.source_maps("esm")
     assert shipped and all(m.weight.shape == (384, 384) for m in shipped)
-    text_sources = {t.name for t in service.store.list_tasks() if t.task_type in ("classification", "regression")}
-    assert {m.task_name for m in shipped} == text_sources  # every classification and regression source
+    assert {m.task_name for m in shipped} == {t.name for t in service.store.list_tasks()}  # every source, every type
     assert {m.task_name for m in shipped} & SENTIMENT and {m.task_name for m in shipped} & NLI
 
 
