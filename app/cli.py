@@ -138,7 +138,7 @@ def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
             ranking = service.rank(target, args.method, args.top, False, on_progress)
         names = [s.name for s in ranking.sources]
         scores = [s.score for s in ranking.sources]
-        print(f"top {args.top} by {args.method}: {', '.join(names)}", file=sys.stderr)
+        print(f"top {args.top} by {ranking.method}: {', '.join(names)}", file=sys.stderr)
     else:
         raise ValueError("give --sources a,b or --top K")
     sources = [load_dataset(_source_folder(n, data_dir), limits=limits) for n in names]
@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_args(p)
     p.add_argument("--sources", help="comma-separated source task names (folders under --data-dir) or paths")
     p.add_argument("--top", type=int, help="transfer from the library's top-K sources for the target")
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=RANKING_METHODS.names())
+    p.add_argument("--method", default=None, choices=RANKING_METHODS.names(),
+                   help=f"ranking method for --top (default: the service's, {DEFAULT_METHOD} until learned validates)")
     p.add_argument("--all-class", action="store_true")
     p.add_argument("--dev", help="target dev file, read with --columns (a task folder uses its dev split; a "
                                  "file without --dev holds out 20%% of its rows, as the API does)")

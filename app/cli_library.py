@@ -25,6 +25,7 @@ def cmd_rank(args: argparse.Namespace, settings: Settings) -> int:
     set_threads(settings.torch_threads)
     dataset = load_target(args, settings)
     with library_service(settings) as service:
+        args.method = args.method or service.default_method()
         with progress_bar(f"{args.method} {dataset.name}") as on_progress:
             ranking = service.rank(dataset, args.method, args.top, args.all_class, on_progress)
         for note in ranking.notes:
@@ -443,8 +444,9 @@ def register(
     p = sub.add_parser("rank", help="rank the library's source tasks for a target dataset")
     dataset_args(p)
     p.add_argument(
-        "--method", choices=RANKING_METHODS.names(), default=DEFAULT_METHOD,
-        help="; ".join(f"{m.name}: {m.description}" for m in RANKING_METHODS) + f" (default {DEFAULT_METHOD})"
+        "--method", choices=RANKING_METHODS.names(), default=None,
+        help="; ".join(f"{m.name}: {m.description}" for m in RANKING_METHODS)
+        + f" (default: {DEFAULT_METHOD}, or learned once it validates as the default: `taskrank ranker list`)"
     )
     p.add_argument("--top", type=int, default=10, help="how many sources to show (default 10)")
     p.add_argument(

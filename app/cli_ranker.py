@@ -115,6 +115,13 @@ def cmd_ranker_list(args: argparse.Namespace, settings: Settings) -> int:
                      str(v.trained_on.get("targets")), _pct(ndcg), v.created_at.strftime("%Y-%m-%d %H:%M"), v.note])
     echo(text_table(rows, ["version", "active", "status", "model", "pairs", "targets", "NDCG@5 (LOTO)", "fitted",
                            "note"], right={0, 4, 5, 6}))
+    from library.ranker import MIN_DEFAULT_TARGETS, default_method
+
+    with RankerStore(settings.resolved_database_url) as rstore:
+        default = default_method(rstore)
+    echo(f"default ranking method: {default}" + ("" if default == "learned" else
+         f" (learned becomes it when its active version beats every unlearned method, nested, on at least "
+         f"{MIN_DEFAULT_TARGETS} informative targets)"))
     return 0
 
 

@@ -2,7 +2,7 @@
 
     from app.client import TaskrankClient
     client = TaskrankClient("http://127.0.0.1:8000")
-    ranking = client.rank(df, top_k=5)                         # method: the service's default (ensemble)      # DataFrame, list of dicts, path, or HF Dataset
+    ranking = client.rank(df, top_k=5)                         # method: the service's default (GET /ranker)      # DataFrame, list of dicts, path, or HF Dataset
 """
 
 from __future__ import annotations
@@ -134,7 +134,9 @@ class TaskrankClient:
         if not hasattr(self, "_methods"):
             try:
                 schema = self._check(self.http.get("/openapi.json"))
-                enum = schema["components"]["schemas"]["RankingCreate"]["properties"]["method"].get("enum")
+                field = schema["components"]["schemas"]["RankingCreate"]["properties"]["method"]
+                # optional (the service's default when omitted): the enum sits in one branch of anyOf
+                enum = field.get("enum") or next((b["enum"] for b in field.get("anyOf", []) if "enum" in b), None)
             except (TaskrankError, KeyError, TypeError, ValueError):
                 enum = None
             self._methods: list[str] | None = list(enum) if enum else None

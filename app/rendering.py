@@ -25,9 +25,9 @@ templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "tem
 
 
 
-def ranking_methods() -> list[tuple[str, str, str]]:
-    """(name, label, description) of every registered ranking method, the default first."""
-    methods = sorted(RANKING_METHODS, key=lambda m: m.name != DEFAULT_METHOD)
+def ranking_methods(default: str = DEFAULT_METHOD) -> list[tuple[str, str, str]]:
+    """(name, label, description) of every registered ranking method, the service's default first."""
+    methods = sorted(RANKING_METHODS, key=lambda m: m.name != default)
     return [(m.name, m.label, m.description) for m in methods]
 
 

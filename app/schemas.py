@@ -87,7 +87,9 @@ class DatasetPublic(DatasetCheck):
 class RankingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset_id: str = Field(..., min_length=1, max_length=64)
-    method: RankMethod = DEFAULT_METHOD
+    method: RankMethod | None = Field(None, description=(
+        f"ranking method; omitted: the service's default, `{DEFAULT_METHOD}` until the learned ranker "
+        "validates better than every unlearned method on enough targets, then `learned` (GET /ranker)"))
     top_k: int = Field(10, ge=1, le=1000)
     all_class: bool = False
 
@@ -287,4 +289,7 @@ class RankerPublic(BaseModel):
                                      "and whether it beats every unlearned method.")
     features: dict[str, str]
     transfer_results: int = Field(..., description="Transfer results recorded from the service's own jobs.")
+    default_method: str = Field(..., description="What a ranking request without a method gets: `learned` once "
+                                "its active version beat every unlearned method on enough informative targets "
+                                "(criteria.may_be_default), else the best unlearned method.")
     note: str | None = None

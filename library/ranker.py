@@ -56,7 +56,10 @@ QUANTILES = (0.1, 0.9)  # the interval: nominal 80%
 UNLEARNED = (*PARTS, "ensemble", "esm_logme")
 # validation's "learned, selection validated" row: per held-out target, the candidate chosen by
 # leave-one-target-out on the other targets only (nested), so it is the figure to quote
-NESTED = "nested"  # ranked by their rank feature in validation
+NESTED = "nested"
+# `learned` becomes the service's default method when its active version beat every unlearned method
+# (nested row) on at least this many informative targets: fewer cannot separate methods from luck
+MIN_DEFAULT_TARGETS = 5  # ranked by their rank feature in validation
 SINGLE_VECTOR = tuple(p for p in PARTS if p != "taskemb")  # TextEmb and SEmb: one vector, a cosine
 
 FEATURES: dict[str, str] = {
@@ -892,7 +895,7 @@ def fit_ranker(service: Any, rstore: RankerStore, matrix: Path | None, *, use_ro
         model=dumps(model), activate=activate, status="kept" if activate else "rejected", regime=data.regime,
         sklearn_version=sklearn.__version__,
         spec={"candidate": best, "description": CANDIDATES[best][0], "features": model.features,
-              "quantiles": list(QUANTILES)},
+              "quantiles": list(QUANTILES), "default": bool(validation["criteria"].get("may_be_default"))},
         trained_on=data.trained_on | {"notes": data.notes}, validation=validation,
         note="" if activate else f"validated worse than version {active.id if active else '-'} on the same rows")
     return FitReport(version, activate, validation, data.notes, best, compared)
@@ -937,7 +940,19 @@ def criteria(validation: Mapping[str, Any]) -> dict[str, Any]:
             "source_prior_margin_ok": over.get("source_prior", -1.0) >= 0.05,
             "top1_helps": numbers.get("top1_helps"), "top1_ok": (numbers.get("top1_helps") or 0.0) >= 0.8,
             "coverage": numbers.get("coverage"), "nominal_coverage": validation.get("nominal_coverage"),
-            "beats_every_unlearned": bool(over) and all(v > 0 for v in over.values())}
+            "beats_every_unlearned": bool(over) and all(v > 0 for v in over.values()),
+            "headline_targets": len(validation.get("headline", {}).get("targets", [])),
+            "min_default_targets": MIN_DEFAULT_TARGETS,
+            "may_be_default": bool(over) and all(v > 0 for v in over.values())
+            and len(validation.get("headline", {}).get("targets", [])) >= MIN_DEFAULT_TARGETS}
+
+
+def default_method(store: RankerStore) -> str:
+    """The service's default ranking method: `learned` once its active version may be (`criteria`), else
+    the best unlearned method (`library.methods.DEFAULT_METHOD`)."""
+    from library.methods import DEFAULT_METHOD
+
+    return NAME if store.active_is_default() else DEFAULT_METHOD
 
 
 def validation_table(validation: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -249,6 +249,12 @@ class RankerStore:
         with self.engine.connect() as conn:
             return conn.execute(select(RankerVersionRow.id).where(RankerVersionRow.active.is_(True))).scalar()
 
+    def active_is_default(self) -> bool:
+        """Whether the active version validated well enough to be the default method (its spec says, at fit)."""
+        with self.engine.connect() as conn:
+            spec = conn.execute(select(RankerVersionRow.spec).where(RankerVersionRow.active.is_(True))).scalar()
+        return bool((spec or {}).get("default"))
+
     def model_bytes(self, version: int) -> bytes | None:
         with self.session() as s:
             return s.scalar(select(RankerVersionRow.model).where(RankerVersionRow.id == version))

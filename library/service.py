@@ -21,7 +21,7 @@ from library.bundle import ImportReport, ensure_default_library
 from library.errors import LibraryError
 from library.evaluation import TransferTable, evaluate
 from library.index import DEFAULT_SIMILARITY, IndexKind, Similarity
-from library.methods import DEFAULT_METHOD, RANKING_METHODS, TargetRows
+from library.methods import RANKING_METHODS, TargetRows
 from library.pipeline import rank_target
 from library.ranking import Ranking, SourceLibrary
 from library.settings import Settings
@@ -98,15 +98,25 @@ class LibraryService:
     def rank(
         self,
         dataset: Dataset,
-        method: str = DEFAULT_METHOD,
+        method: str | None = None,
         top_k: int = 10,
         all_class: bool = False,
         on_progress: ProgressFn = no_progress,
         on_stage: Callable[[str], None] | None = None,
     ) -> Ranking:
+        """Rank the library's sources for `dataset` by `method` (None: `default_method`)."""
+        method = method or self.default_method()
         return rank_target(dataset, self.library, self.encoder, method, top_k, all_class, on_progress,
                            self.token_budget, cache=self.cache, on_stage=on_stage,
                            checkpoint_dirs=self.checkpoint_dirs)
+
+    def default_method(self) -> str:
+        """`learned` once its active version validated as the default may be (`library.ranker.criteria`),
+        else `library.methods.DEFAULT_METHOD`."""
+        from library.ranker import default_method
+        from library.ranker_store import RankerStore
+
+        return default_method(RankerStore.for_engine(self.store.engine))
 
     @property
     def cache(self) -> TargetEmbeddingCache | None:

@@ -241,10 +241,14 @@ def _library_map(library: LibraryDep, settings: Any, method: str, ranking: Store
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def upload_page(request: Request, settings: SettingsDep, library: LibraryDep) -> HTMLResponse:
+    from library.ranker import default_method
+    from library.ranker_store import RankerStore
+
     config = {"aliases": {k: list(v) for k, v in _TEXT_ALIASES.items()}, "fields": FIELDS_BY_TYPE,
               "maxUploadBytes": settings.max_upload_bytes, "keysRequired": bool(settings.api_key_set)}
     return render(request, "upload.html", {
-        "title": "Rank source tasks", "methods": ranking_methods(), "task_types": TASK_TYPES,
+        "title": "Rank source tasks", "methods": ranking_methods(default_method(RankerStore.for_engine(library.store.engine))),
+        "task_types": TASK_TYPES,
         "config_json": json.dumps(config).replace("</", "<\\/"), "library_tasks": len(library.store.list_tasks()),
         "keys_required": bool(settings.api_key_set), "max_upload_mb": settings.max_upload_bytes / 2**20})
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from app.deps import JobsDep, Reader
 from app.schemas import RankerPublic
-from library.ranker import FEATURES, validation_table
+from library.ranker import FEATURES, default_method, validation_table
 from library.ranker_store import RankerStore
 
 router = APIRouter(tags=["ranker"])
@@ -25,7 +25,7 @@ def ranker_public(jobs: Any) -> RankerPublic:
                                    "rows": v.trained_on.get("rows"), "note": v.note} for v in versions],
         validation_table=validation_table(active.validation) if active is not None else [],
         criteria=(active.validation.get("criteria") or {}) if active is not None else {},
-        features=FEATURES, transfer_results=store.count_results(),
+        features=FEATURES, transfer_results=store.count_results(), default_method=default_method(store),
         note=None if active is not None else "no learned ranker is fitted yet: `taskrank ranker fit` (the `learned` "
                                              "method ranks by the ensemble until then)")
 

@@ -15,6 +15,7 @@ from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visib
 from app.routes.jobs import WriterInline, server_timing, store_read
 from app.schemas import Problem, RankingCreate, RankingPublic
 from library.jobs import Job, JobState, StoredDataset, StoredRanking
+from library.ranker import default_method
 from library.ranker_store import RankerStore
 from worker.job_kinds import JOB_KINDS
 from worker.payloads import RankPayload
@@ -94,6 +95,8 @@ def _answer(services: Services, owner: str | None, found: _Lookup) -> tuple[Rank
 def _stored_answer(services: Services, owner: str | None,
                    body: RankingCreate) -> tuple[_Lookup, tuple[RankingPublic, int] | None]:
     """The hot path: reads only. The lookup goes on to `_create` when there is no answer."""
+    if body.method is None:  # the service's default, as it stands now (the key records the method resolved)
+        body.method = default_method(RankerStore.for_engine(services.jobs.engine))
     found = _lookup(services, owner, body)
     return found, _answer(services, owner, found)
 

@@ -112,6 +112,8 @@ def test_fit_validates_and_ranks_in_expected_gain(service, service_settings, tar
         for t, candidate in nested.items():
             assert methods["nested"]["per_target"].get(t) == methods[candidate]["per_target"].get(t)
         assert bars["judged_on"] == "nested" and bars["ndcg"] == pytest.approx(methods["nested"]["ndcg"])
+        assert bars["may_be_default"] == (bars["beats_every_unlearned"] and bars["headline_targets"] >= 5)
+        assert service.default_method() == ("learned" if bars["may_be_default"] else "ensemble")
         trained = report.version.trained_on
         assert trained["rows"] == 20 and trained["targets"] == 5 and trained["regime"] == service_regime(
             library_hash(service_settings)) and trained["user_results"] == 0
@@ -307,3 +309,37 @@ def test_the_first_cold_learned_ranking_queues_the_first_fit_from_the_matrix(ser
         run_queued_jobs(settings)
         body = client.get(f"/rankings/{warm['id']}").json()
         assert body["info"]["ranker_version"] == 1 and "fallback" not in body["info"]
+
+
+def test_learned_becomes_the_default_method_only_while_its_active_version_validated_as_one(
+        service, service_settings, shared_data, tmp_path) -> None:
+    from tests.app.test_transfers import run_queued_jobs, upload
+
+    matrix = write_matrix(tmp_path / "m", library_hash(service_settings))
+    settings = service_settings.model_copy(update={"transfer_matrix": matrix, "ranker_esm_features": False})
+    with RankerStore(settings.resolved_database_url) as rstore:
+        first = fit_ranker(service, rstore, matrix, use_rows=False).version
+        assert first is not None
+        plain = rstore.add_version(model=rstore.model_bytes(first.id) or b"", activate=True, status="kept",
+                                   regime=first.regime, sklearn_version=first.sklearn_version,
+                                   spec={**first.spec, "default": False}, trained_on=first.trained_on,
+                                   validation=first.validation, note="validated, not as the default")
+        best = rstore.add_version(model=rstore.model_bytes(first.id) or b"", activate=True, status="kept",
+                                  regime=first.regime, sklearn_version=first.sklearn_version,
+                                  spec={**first.spec, "default": True}, trained_on=first.trained_on,
+                                  validation=first.validation, note="validated as the default")
+        assert service.default_method() == "learned"
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/ranker").json()["default_method"] == "learned"
+            target = upload(client, shared_data, tmp_path)
+            posted = client.post("/rankings", json={"dataset_id": target["id"], "top_k": 3}).json()
+            assert posted["method"] == "learned"
+            run_queued_jobs(settings)
+            body = client.get(f"/rankings/{posted['id']}").json()
+            assert body["method"] == "learned" and body["info"]["ranker_version"] == best.id
+            page = client.get("/").text
+            assert page.index('value="learned"') < page.index('value="ensemble"')  # first, so checked
+            rstore.activate(plain.id)  # a rollback to a version that is not the default
+            assert client.get("/ranker").json()["default_method"] == "ensemble"
+            again = client.post("/rankings", json={"dataset_id": target["id"], "top_k": 3}).json()
+            assert again["method"] == "ensemble"
