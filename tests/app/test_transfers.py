@@ -9,11 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from library.jobs import JobStore
-from library.service import LibraryService
 from library.settings import Settings
 from tests.app.conftest import write_csv_slice
-from worker.job_kinds import JOB_KINDS
+from tests.app.test_api import run_queued_jobs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,19 +25,6 @@ FAST = {"epochs": 1, "batch_size": 8, "max_length": 32, "source_max_rows": 16, "
 def client(service_settings: Settings):
     with TestClient(create_app(service_settings)) as test_client:
         yield test_client
-
-
-def run_queued_jobs(settings: Settings) -> int:
-    """What a worker does with every queued job (tests/app/test_api.py's helper, with transfers)."""
-    store = JobStore(settings.resolved_database_url)
-    service = LibraryService.from_settings(settings)
-    ran = 0
-    for job in store.unfinished_jobs():
-        JOB_KINDS[job.kind].handler(job.id, store, service, settings)
-        ran += 1
-    service.close()
-    store.close()
-    return ran
 
 
 def upload(client: TestClient, shared_data: Path, tmp_path: Path, task: str = "sst2", rows: int = 40) -> dict:
