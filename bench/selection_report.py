@@ -80,6 +80,8 @@ def main() -> int:
     parser.add_argument("--matrix", default=str(_ROOT / "library" / "default" / "transfer_matrix.csv"))
     parser.add_argument("--out", default=str(_ROOT / "bench" / "results" / "selection_quality"))
     parser.add_argument("--no-ranker", action="store_true", help="leave the learned ranker out")
+    parser.add_argument("--skip", default="", help="comma-separated methods to leave out (logme: one forward "
+                                                   "pass per target and cached source checkpoint, slow on CPU)")
     parser.add_argument("--readme", action="store_true", help="rewrite README.md between the markers")
     args = parser.parse_args()
 
@@ -92,7 +94,12 @@ def main() -> int:
     started = time.perf_counter()
     table = load_transfer_matrix(matrix)
     with library_service(settings) as service:
-        evaluation = service.evaluate(table)
+        from library.methods import RANKING_METHODS
+
+        skip = {m for m in args.skip.split(",") if m}
+        evaluation = service.evaluate(table, [m for m in RANKING_METHODS.names() if m not in skip and m != "learned"])
+        for method in sorted(skip):
+            evaluation.setdefault("skipped_methods", {})[method] = "left out of this report (--skip)"
         validation = None
         if not args.no_ranker:
             from library.ranker import validate_matrix
