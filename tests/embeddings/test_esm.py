@@ -242,7 +242,11 @@ def test_token_embeddings_are_first_sub_token_states_of_a_seeded_sample(tiny_enc
     small, small_tags = token_embeddings(dataset, tiny_encoder, None, options, budget=15, seed=4)
     assert small.shape == (15, tiny_encoder.hidden_size)
     np.testing.assert_array_equal(small_tags, token_tags(dataset, tiny_encoder, options, budget=15, seed=4))
-    chosen = [int(np.flatnonzero((rows == r).all(axis=1))[0]) for r in small]  # a subset of the full rows
+    # a subset of the full rows: each sampled row is one of them up to float noise (batches padded to other
+    # lengths round differently on some CPUs)
+    distance = np.abs(rows[None, :, :] - small[:, None, :]).max(axis=2)  # (15, words)
+    chosen = [int(i) for i in distance.argmin(axis=1)]
+    assert distance.min(axis=1).max() < 1e-5
     assert chosen == sorted(chosen) and len(set(chosen)) == 15
     other, _ = token_embeddings(dataset, tiny_encoder, None, options, budget=15, seed=5)
     assert not np.array_equal(other, small)  # the sample follows the seed
