@@ -53,13 +53,13 @@ log = logging.getLogger(__name__)
 
 NAME = "learned"
 QUANTILES = (0.1, 0.9)  # the interval: nominal 80%
-UNLEARNED = (*PARTS, "ensemble", "esm_logme")
+UNLEARNED = (*PARTS, "ensemble", "esm_logme")  # ranked by their rank feature in validation
 # validation's "learned, selection validated" row: per held-out target, the candidate chosen by
 # leave-one-target-out on the other targets only (nested), so it is the figure to quote
 NESTED = "nested"
 # `learned` becomes the service's default method when its active version beat every unlearned method
 # (nested row) on at least this many informative targets: fewer cannot separate methods from luck
-MIN_DEFAULT_TARGETS = 5  # ranked by their rank feature in validation
+MIN_DEFAULT_TARGETS = 5
 SINGLE_VECTOR = tuple(p for p in PARTS if p != "taskemb")  # TextEmb and SEmb: one vector, a cosine
 
 FEATURES: dict[str, str] = {
@@ -934,17 +934,16 @@ def criteria(validation: Mapping[str, Any]) -> dict[str, Any]:
                  if m not in CANDIDATES and m not in (NESTED, "random")}
     numbers = validation.get("candidates", {}).get(judged, {})
     over = {m: mine - v for m, v in unlearned.items()}
+    beats = bool(over) and all(v > 0 for v in over.values())
+    headline = len(validation.get("headline", {}).get("targets", []))
     return {"candidate": chosen, "judged_on": judged, "ndcg": mine,
             "ndcg_chosen_same_folds": float(methods[chosen]["ndcg"]), "over": over,
             "datasize_margin_ok": over.get("datasize", -1.0) >= 0.10,
             "source_prior_margin_ok": over.get("source_prior", -1.0) >= 0.05,
             "top1_helps": numbers.get("top1_helps"), "top1_ok": (numbers.get("top1_helps") or 0.0) >= 0.8,
             "coverage": numbers.get("coverage"), "nominal_coverage": validation.get("nominal_coverage"),
-            "beats_every_unlearned": bool(over) and all(v > 0 for v in over.values()),
-            "headline_targets": len(validation.get("headline", {}).get("targets", [])),
-            "min_default_targets": MIN_DEFAULT_TARGETS,
-            "may_be_default": bool(over) and all(v > 0 for v in over.values())
-            and len(validation.get("headline", {}).get("targets", [])) >= MIN_DEFAULT_TARGETS}
+            "beats_every_unlearned": beats, "headline_targets": headline, "min_default_targets": MIN_DEFAULT_TARGETS,
+            "may_be_default": beats and headline >= MIN_DEFAULT_TARGETS}
 
 
 def default_method(store: RankerStore) -> str:
