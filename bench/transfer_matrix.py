@@ -112,11 +112,32 @@ def _transfer_options() -> Any:
     return TransferOptions(target=target, target_max_rows=r.target_max_rows, data_seed=r.data_seed)
 
 
-def _source_state(name: str) -> tuple[Any, Path]:
+def _step_printer(name: str, every_s: float = 60.0) -> Any:
+    """A progress callback for a source's training: one stderr line at most every `every_s` seconds, with
+    the steps done and the time left at the rate so far (a source run can take an hour on one core)."""
+    started = time.perf_counter()
+    last = [started]
+    first: list[int] = []  # the step it started from (a resumed run does not start at 0)
+
+    def on_progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        first[:] = first or [done]
+        if total and first[0] < done < total and now - last[0] >= every_s:
+            last[0] = now
+            left = (now - started) / (done - first[0]) * (total - done)
+            print(json.dumps({"source": name, "progress": f"{done}/{total}", "eta_s": round(left)}),
+                  file=sys.stderr, flush=True)
+
+    return on_progress
+
+
+def _source_state(name: str, progress: bool = False) -> tuple[Any, Path]:
     from embeddings.transfer import source_encoder_state
 
     dev = _dataset(name, "dev")
-    return source_encoder_state(_dataset(name), _STATE["encoder"], _transfer_options(), _STATE["cache"], dev=dev)
+    on_progress = _step_printer(name) if progress else (lambda done, total: None)
+    return source_encoder_state(_dataset(name), _STATE["encoder"], _transfer_options(), _STATE["cache"],
+                                on_progress, dev=dev)
 
 
 def _run_unit(unit: tuple[str, str, str, int, float]) -> dict[str, Any]:
@@ -132,7 +153,7 @@ def _run_unit(unit: tuple[str, str, str, int, float]) -> dict[str, Any]:
         options = _transfer_options()
         cached = source_checkpoint_path(_dataset(name), _STATE["encoder"], options, _STATE["cache"],
                                         _dataset(name, "dev")).is_file()
-        _, path = _source_state(name)
+        _, path = _source_state(name, progress=True)
         return {"kind": kind, "source": name, "checkpoint": path.name, **source_checkpoint_info(path),
                 "cached": cached, "precision": _STATE["regime"].precision,
                 "wall_s": round(time.perf_counter() - started, 1)}
