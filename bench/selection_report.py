@@ -83,6 +83,9 @@ def main() -> int:
     parser.add_argument("--skip", default="", help="comma-separated methods to leave out (logme: one forward "
                                                    "pass per target and cached source checkpoint, slow on CPU)")
     parser.add_argument("--readme", action="store_true", help="rewrite README.md between the markers")
+    parser.add_argument("--evidence", default=str(_ROOT / "library" / "default" / "logme_evidence.jsonl"),
+                        help="where logme's new evidence is appended (default: the shipped file, so the sources "
+                             "scored in one sitting stay scored in the next, when their checkpoints are gone)")
     args = parser.parse_args()
 
     from app.cli_common import library_service
@@ -95,6 +98,8 @@ def main() -> int:
     table = load_transfer_matrix(matrix)
     with library_service(settings) as service:
         from library.methods import RANKING_METHODS
+
+        service.evidence_path = Path(args.evidence)
 
         skip = {m for m in args.skip.split(",") if m}
         evaluation = service.evaluate(table, [m for m in RANKING_METHODS.names() if m not in skip and m != "learned"])

@@ -18,6 +18,7 @@ from embeddings.registry import EMBEDDING_METHODS
 from embeddings.result import EmbeddingResult
 from library.build import BuildOptions, check_encoder, embed_target, library_options, methods_for
 from library.errors import LibraryError
+from library.logme_evidence import EvidenceStore
 from library.methods import DEFAULT_METHOD, RANKING_METHODS, TargetRows
 from library.ranking import Ranking, SourceLibrary
 from library.store import LibraryStore
@@ -35,6 +36,16 @@ def ranking_options(store: LibraryStore, encoder: Encoder, token_budget: int = 0
         raise LibraryError("the library records no build options: rebuild it with `taskrank library build`")
     check_encoder(store, encoder)
     return options.with_token_budget(encoder.token_budget(token_budget))
+
+
+def rows_key(options: BuildOptions, sample: Dataset) -> str:
+    """What a target's LogME rows depend on besides its data and model: the library's options, and the
+    token sample's size for a sequence-labelling target. Keys the row cache and the LogME evidence."""
+    if sample.task_type.value == "sequence_labeling":
+        from embeddings.esm import TOKEN_BUDGET
+
+        return f"{options.options_hash}:tokens{TOKEN_BUDGET}"
+    return options.options_hash
 
 
 def target_embeddings(dataset: Dataset, encoder: Encoder, method: str, options: BuildOptions, *,
@@ -67,7 +78,7 @@ def rank_target(dataset: Dataset, library: SourceLibrary, encoder: Encoder, meth
                 top_k: int = 10, all_class: bool = False, on_progress: ProgressFn = no_progress,
                 token_budget: int = 0, *, cache: TargetEmbeddingCache | None = None,
                 on_stage: Callable[[str], None] | None = None,
-                checkpoint_dirs: Sequence[Path] = ()) -> Ranking:
+                checkpoint_dirs: Sequence[Path] = (), evidence: EvidenceStore | None = None) -> Ranking:
     """Embed `dataset` the library's way (through `cache`) and rank the library's sources for it.
 
     The target's own task is excluded when a source's data hash equals the full dataset's hash.
@@ -86,22 +97,18 @@ def rank_target(dataset: Dataset, library: SourceLibrary, encoder: Encoder, meth
                 raise
             sample = None  # a method that only wants the rows ranks without them
     if sample is not None:
+        key = rows_key(options, sample)
         rows = TargetRows(dataset=sample, encoder=encoder, embed_options=options.embed_options(),
                           store=library.store, checkpoint_dirs=tuple(checkpoint_dirs),
-                          target_hash=dataset.content_hash)
-        rows_key = options.options_hash
-        if sample.task_type.value == "sequence_labeling":  # a token sample: its size is part of the key
-            from embeddings.esm import TOKEN_BUDGET
-
-            rows_key = f"{rows_key}:tokens{TOKEN_BUDGET}"
+                          target_hash=dataset.content_hash, rows_key=key, evidence=evidence)
         if cache is not None:
-            rows.features = cache.get_rows(dataset.content_hash, encoder.weights_hash, rows_key)
+            rows.features = cache.get_rows(dataset.content_hash, encoder.weights_hash, key)
         if rows.features is None:
             if on_stage is not None:
                 on_stage("embedding the target's rows")
             features = rows.base_features()
             if cache is not None:
-                cache.put_rows(dataset.content_hash, encoder.weights_hash, rows_key, features)
+                cache.put_rows(dataset.content_hash, encoder.weights_hash, key, features)
     targets = target_embeddings(dataset, encoder, method, options, cache=cache, on_progress=on_progress,
                                 on_stage=on_stage)
     if on_stage is not None:

@@ -21,6 +21,8 @@ from library.bundle import ImportReport, ensure_default_library
 from library.errors import LibraryError
 from library.evaluation import TransferTable, evaluate
 from library.index import DEFAULT_SIMILARITY, IndexKind, Similarity
+from library.logme_evidence import FILE_NAME as EVIDENCE_FILE
+from library.logme_evidence import EvidenceStore, shipped_evidence_path
 from library.methods import RANKING_METHODS, TargetRows
 from library.pipeline import rank_target
 from library.ranking import Ranking, SourceLibrary
@@ -42,10 +44,12 @@ class LibraryService:
     cache_dir: Path | None = None  # the target-embedding cache; None: embed every time
     checkpoint_dirs: tuple[Path, ...] = ()  # fine-tuned source encoders (exact LogME)
     source_data_dir: Path | None = None  # the sources' task folders (evaluation reads targets' rows there)
+    evidence_path: Path | None = None  # exact LogME values computed here (`library.logme_evidence`)
     default_import: ImportReport | None = None
     _library: SourceLibrary | None = field(default=None, repr=False)
     _encoder: Encoder | None = field(default=None, repr=False)
     _cache: TargetEmbeddingCache | None = field(default=None, repr=False)
+    _evidence: EvidenceStore | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, ensure_default: bool = True) -> LibraryService:
@@ -63,6 +67,7 @@ class LibraryService:
             similarity=settings.similarity,
             cache_dir=settings.paths.embeddings,
             checkpoint_dirs=(settings.paths.checkpoints,),
+            evidence_path=settings.paths.embeddings / EVIDENCE_FILE,
             source_data_dir=settings.paths.source_data_root(settings.shared_data_dir),
         )
         if ensure_default:
@@ -108,7 +113,7 @@ class LibraryService:
         method = method or self.default_method()
         return rank_target(dataset, self.library, self.encoder, method, top_k, all_class, on_progress,
                            self.token_budget, cache=self.cache, on_stage=on_stage,
-                           checkpoint_dirs=self.checkpoint_dirs)
+                           checkpoint_dirs=self.checkpoint_dirs, evidence=self.evidence)
 
     def default_method(self) -> str:
         """`learned` once its active version validated as the default may be (`library.ranker.criteria`),
@@ -117,6 +122,13 @@ class LibraryService:
         from library.ranker_store import RankerStore
 
         return default_method(RankerStore.for_engine(self.store.engine))
+
+    @property
+    def evidence(self) -> EvidenceStore:
+        """Exact LogME values: those computed here (`evidence_path`), then the shipped library's."""
+        if self._evidence is None:
+            self._evidence = EvidenceStore(self.evidence_path, shipped=(shipped_evidence_path(),))
+        return self._evidence
 
     @property
     def cache(self) -> TargetEmbeddingCache | None:
@@ -134,13 +146,14 @@ class LibraryService:
         if self.source_data_dir is None or not (self.source_data_dir / name / "task.json").is_file():
             return None
         from embeddings.data import LoadLimits, load_dataset
-        from library.pipeline import ranking_options
+        from library.pipeline import ranking_options, rows_key
 
         options = ranking_options(self.store, self.encoder, self.token_budget)
         dataset = load_dataset(self.source_data_dir / name, limits=LoadLimits(max_rows=10**7))
-        return TargetRows(dataset=dataset.subsample(options.max_rows, options.seed), encoder=self.encoder,
-                          embed_options=options.embed_options(), store=self.store,
-                          checkpoint_dirs=self.checkpoint_dirs)
+        sample = dataset.subsample(options.max_rows, options.seed)
+        return TargetRows(dataset=sample, encoder=self.encoder, embed_options=options.embed_options(),
+                          store=self.store, checkpoint_dirs=self.checkpoint_dirs,
+                          rows_key=rows_key(options, sample), evidence=self.evidence)
 
 
 def stored_targets(store: LibraryStore, task: SourceTask) -> dict[str, EmbeddingResult]:
@@ -227,7 +240,8 @@ def evaluate_transfer_table(
             if left_out:  # measured sources the method could not score (no vectors, map or checkpoint)
                 unscored.setdefault(method, {})[target] = left_out
                 lacking = (f"no {', '.join(spec.needs_library)} vectors" if spec.needs_library else
-                           "nothing this method scores them with here (an ESM map, or for logme a cached checkpoint)")
+                           "nothing this method scores them with here (an ESM map, or for logme a cached checkpoint "
+                           "or recorded evidence)")
                 notes.setdefault(method, {})[target] = (
                     f"{method}: measured source(s) {', '.join(left_out)} have {lacking} and count as ranked last")
         gone = [s for s in table.sources(target) if s not in tasks]

@@ -79,6 +79,8 @@ class TargetRows:
     checkpoint_dirs: tuple[Any, ...] = ()
     target_hash: str = ""  # the full dataset's content hash (the rows are a subsample of it)
     features: Any = None  # np.ndarray (rows, H): the base encoder's pooled rows, when already computed
+    rows_key: str = ""  # the row options the features depend on (`library.pipeline.rows_key`)
+    evidence: Any = None  # library.logme_evidence.EvidenceStore: exact LogME values computed before
 
     def base_features(self) -> Any:
         """The base encoder's rows (SEmb's pooling; a token sample for sequence labelling), computed once."""

@@ -93,33 +93,47 @@ def _rank_esm_logme(ctx: RankContext) -> list[Entry]:
 
 
 def _rank_logme(ctx: RankContext) -> list[Entry]:
-    from safetensors.torch import load_file
-
-    from embeddings.logme import logme
+    from library.logme_evidence import EvidenceKey
 
     rows = ctx.rows
     assert rows is not None
-    labels, regression = rows.labels()
     maps = _maps(ctx)
-    found: list[tuple[Any, Path]] = []
-    missing: list[tuple[Any, None]] = []
-    for m in maps:
+    keys = [EvidenceKey(rows_hash=rows.dataset.content_hash, model_hash=rows.encoder.weights_hash,
+                        rows_key=rows.rows_key, checkpoint=m.checkpoint) for m in maps]
+    scored: list[tuple[int, float]] = []  # (position in maps, evidence): the maps' order breaks ties
+    todo: list[tuple[int, EvidenceKey, Path]] = []
+    missing = []
+    for i, (m, key) in enumerate(zip(maps, keys, strict=True)):
+        known = rows.evidence.get(key) if rows.evidence is not None and rows.rows_key else None
         path = next((Path(d) / m.checkpoint for d in rows.checkpoint_dirs if (Path(d) / m.checkpoint).is_file()), None)
-        if path is not None:
-            found.append((m, path))
+        if known is not None:
+            scored.append((i, known))
+        elif path is not None:
+            todo.append((i, key, path))
         else:
-            missing.append((m, None))
-    if missing and not found:
-        names = ", ".join(m.task_name for m, _ in missing)
+            missing.append(m)
+    if todo:
+        from safetensors.torch import load_file
+
+        from embeddings.logme import logme
+
+        labels, regression = rows.labels()
+        for i, key, path in todo:
+            state = load_file(str(path), device=str(rows.encoder.device))
+            value = float(logme(rows.features_under(state), labels, regression=regression))
+            if rows.evidence is not None and rows.rows_key:
+                rows.evidence.put(key, value, maps[i].task_name)
+            scored.append((i, value))
+    if not scored:
+        names = ", ".join(m.task_name for m in missing)
         raise LibraryError(f"exact LogME needs the sources' fine-tuned checkpoints, none of which is cached here "
                            f"(missing: {names}); train them with `python bench/transfer_matrix.py --phase sources` "
                            "or rank with esm_logme, which needs only the shipped maps")
-    scores = []
-    for _, path in found:
-        state = load_file(str(path), device=str(rows.encoder.device))
-        features = rows.features_under(state)
-        scores.append(logme(features, labels, regression=regression))
-    return _entries(ctx, [m for m, _ in found], np.asarray(scores), "logme")
+    if missing:
+        ctx.notes.append(f"logme: no cached checkpoint or recorded evidence for {', '.join(m.task_name for m in missing)}"
+                         " (left out; `python bench/transfer_matrix.py --phase sources` trains them)")
+    scored.sort()
+    return _entries(ctx, [maps[i] for i, _ in scored], np.asarray([v for _, v in scored]), "logme")
 
 
 def _explain(details: Mapping[str, Mapping[str, Any]]) -> str:

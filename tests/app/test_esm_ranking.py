@@ -94,6 +94,8 @@ def test_build_esm_rank_and_round_trip(esm_settings, shared_data, tmp_path, caps
         assert all(np.isfinite(s["score"]) and "esm_r2" in s["details"]["esm_logme"] for s in esm)
         assert [s["score"] for s in esm] == sorted((s["score"] for s in esm), reverse=True)
         assert {s["name"] for s in rankings["logme"]} == set(SOURCES)
+        evidence = esm_settings.paths.embeddings / "logme_evidence.jsonl"  # each forward pass's value is kept
+        assert len(evidence.read_text().splitlines()) == len(SOURCES)
         page = client.get(f"/rankings/{submitted.json()['id']}/view").text
         assert "LogME" in page
 

@@ -156,3 +156,35 @@ def test_question_answering_targets_get_a_clear_error(library, shared_data, tmp_
     for method in ("esm_logme", "logme"):
         with pytest.raises(LibraryError, match="not supported for question answering.*textemb, semb or taskemb"):
             rank_target(squad, SourceLibrary(store, root / "indexes"), tiny_encoder, method)
+
+
+def test_exact_logme_keeps_its_evidence_and_ranks_from_it_without_checkpoints(library, shared_data, tmp_path,
+                                                                              tiny_encoder) -> None:
+    from library.logme_evidence import EvidenceStore
+
+    store, root = library
+    target = _tagging_target(shared_data, tmp_path)
+    lib = SourceLibrary(store, root / "indexes")
+    path = tmp_path / "evidence.jsonl"
+    first = rank_target(target, lib, tiny_encoder, "logme", top_k=5, checkpoint_dirs=[root / "checkpoints"],
+                        evidence=EvidenceStore(path))
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(SOURCES_WITH_MAPS)  # one forward pass per source, each value kept
+    assert {json.loads(line)["source"] for line in lines} == set(SOURCES_WITH_MAPS)
+
+    shipped = tmp_path / "shipped.jsonl"  # read-only evidence (the shipped file) serves a machine with no checkpoints
+    shipped.write_text(path.read_text() + "{torn line\n")
+    reread = EvidenceStore(tmp_path / "here.jsonl", shipped=(shipped,))
+    again = rank_target(target, lib, tiny_encoder, "logme", top_k=5, checkpoint_dirs=[], evidence=reread)
+    assert [(s.name, s.score) for s in again.sources] == [(s.name, s.score) for s in first.sources]
+    assert reread.hits == len(SOURCES_WITH_MAPS) and not (tmp_path / "here.jsonl").exists()
+
+    kept = next(line for line in lines if json.loads(line)["source"] == "rte")
+    partial = EvidenceStore(None, shipped=(tmp_path / "rte.jsonl",))
+    (tmp_path / "rte.jsonl").write_text(kept + "\n")
+    ranking = rank_target(target, lib, tiny_encoder, "logme", top_k=5, checkpoint_dirs=[], evidence=partial)
+    assert ranking.names() == ["rte"]
+    assert any("sst2" in note and "no cached checkpoint or recorded evidence" in note for note in ranking.notes)
+
+    with pytest.raises(LibraryError, match="exact LogME needs the sources' fine-tuned checkpoints"):
+        rank_target(target, lib, tiny_encoder, "logme", checkpoint_dirs=[], evidence=EvidenceStore(None))
