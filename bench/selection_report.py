@@ -135,7 +135,7 @@ def main() -> int:
           *methods_table(evaluation, validation)]
     if partial:
         md += ["", "Ranked with measured sources missing (counted as ranked last, so its figures are a floor): "
-               + "; ".join(f"{m} (no {'checkpoint' if m == 'logme' else 'vectors or map'} here for "
+               + "; ".join(f"{m} (no {'checkpoint or recorded evidence' if m == 'logme' else 'vectors or map'} here for "
                            f"{', '.join(names)})" for m, names in partial.items())]
     if skipped:
         md += ["", "Not scored here: " + "; ".join(f"{m} ({why})" for m, why in skipped.items())]
