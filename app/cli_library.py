@@ -25,8 +25,7 @@ def cmd_rank(args: argparse.Namespace, settings: Settings) -> int:
     set_threads(settings.torch_threads)
     dataset = load_target(args, settings)
     with library_service(settings) as service:
-        args.method = args.method or service.default_method()
-        with progress_bar(f"{args.method} {dataset.name}") as on_progress:
+        with progress_bar(f"{args.method or service.default_method()} {dataset.name}") as on_progress:
             ranking = service.rank(dataset, args.method, args.top, args.all_class, on_progress)
         for note in ranking.notes:
             echo(f"note: {note}", err=True)

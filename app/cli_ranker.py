@@ -119,9 +119,11 @@ def cmd_ranker_list(args: argparse.Namespace, settings: Settings) -> int:
 
     with RankerStore(settings.resolved_database_url) as rstore:
         default = default_method(rstore)
+    from library.methods import DEFAULT_CHOICE
+
     echo(f"default ranking method: {default}" + ("" if default == "learned" else
-         f" (learned becomes it when its active version beats every unlearned method, nested, on at least "
-         f"{MIN_DEFAULT_TARGETS} informative targets)"))
+         f" (chosen from the shipped matrix: {DEFAULT_CHOICE.reason}; learned becomes it when its active version "
+         f"beats every unlearned method, nested, on at least {MIN_DEFAULT_TARGETS} informative targets)"))
     return 0
 
 

@@ -88,8 +88,10 @@ class RankingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset_id: str = Field(..., min_length=1, max_length=64)
     method: RankMethod | None = Field(None, description=(
-        f"ranking method; omitted: the service's default, `{DEFAULT_METHOD}` until the learned ranker "
-        "validates better than every unlearned method on enough targets, then `learned` (GET /ranker)"))
+        f"ranking method; omitted: the service's default, `{DEFAULT_METHOD}` (chosen from the shipped transfer "
+        "matrix by a fixed rule; the ensemble where it cannot rank the target, and the ranking's notes say so) "
+        "until the learned ranker validates better than every unlearned method on enough targets, then `learned` "
+        "(GET /ranker)"))
     top_k: int = Field(10, ge=1, le=1000)
     all_class: bool = False
 
@@ -291,5 +293,6 @@ class RankerPublic(BaseModel):
     transfer_results: int = Field(..., description="Transfer results recorded from the service's own jobs.")
     default_method: str = Field(..., description="What a ranking request without a method gets: `learned` once "
                                 "its active version beat every unlearned method on enough informative targets "
-                                "(criteria.may_be_default), else the best unlearned method.")
+                                "(criteria.may_be_default), else the unlearned method the shipped matrix chose by a fixed rule "
+                                "(library/default/default_method.json; the ensemble where it cannot rank the target).")
     note: str | None = None

@@ -8,7 +8,9 @@ the learned ranker leave-one-target-out (`taskrank ranker validate`, its nested 
   matrix's size, its sidecar's device and the machine this ran on;
 * `bench/results/selection_quality.md`: the per-target table and the methods table;
 * with `--readme`, the same Markdown between the `<!-- selection-quality:begin -->` and
-  `<!-- selection-quality:end -->` markers of README.md (the prose around them is written by hand).
+  `<!-- selection-quality:end -->` markers of README.md (the prose around them is written by hand), and
+  the service's unlearned default ranking method, chosen from these figures by the fixed rule of
+  `library.default_choice`, in `library/default/default_method.json` (shipped with the package).
 
     .venv/bin/python bench/selection_report.py --readme
 """
@@ -87,6 +89,8 @@ def main() -> int:
                         help="where logme's new evidence is appended (default: the shipped file, so the sources "
                              "scored in one sitting stay scored in the next, when their checkpoints are gone)")
     args = parser.parse_args()
+    if args.readme and args.skip:
+        parser.error("--readme with --skip would choose the service's default from part of the methods")
 
     from app.cli_common import library_service
     from library.evaluation import load_transfer_matrix
@@ -143,9 +147,20 @@ def main() -> int:
     if left_out:
         md += ["", "Targets left out (relative gain undefined): "
                + "; ".join(f"{t} ({why})" for t, why in left_out.items())]
+    from library.default_choice import candidates, choose, write_choice
+    from library.methods import RANKING_METHODS
+
+    head = evaluation["headline"]
+    choice = choose({m: v["ndcg"] for m, v in evaluation["methods"].items()},
+                    head["targets"] if head["scope"] == "informative" else [], candidates(RANKING_METHODS))
+    md += ["", f"**The service's default ranking method** (unlearned; rule in `library/default_choice.py`): "
+               f"`{choice.method}`: {choice.reason}."]
     text = "\n".join(md) + "\n"
     out.with_suffix(".md").write_text(text)
     if args.readme:
+        write_choice(type(choice)(choice.method, choice.reason, choice.figures, choice.targets,
+                                  {"matrix": about["matrix"], "runs": about["runs"], "generated": about["generated"],
+                                   "machine": about["machine"], "library_version": evaluation.get("library_version")}))
         readme = _ROOT / "README.md"
         body = readme.read_text()
         if BEGIN not in body or END not in body:

@@ -948,10 +948,22 @@ def criteria(validation: Mapping[str, Any]) -> dict[str, Any]:
 
 def default_method(store: RankerStore) -> str:
     """The service's default ranking method: `learned` once its active version may be (`criteria`), else
-    the best unlearned method (`library.methods.DEFAULT_METHOD`)."""
+    the unlearned method the shipped matrix chose (`library.methods.DEFAULT_METHOD`)."""
     from library.methods import DEFAULT_METHOD
 
     return NAME if store.active_is_default() else DEFAULT_METHOD
+
+
+def default_for(store: RankerStore, task_type: str, library: Any) -> tuple[str, str | None]:
+    """(method, note) for a target of `task_type` ranked without a method against `library` (a
+    `LibraryStore`): `default_method`, or the incumbent where that method cannot rank it (the note says why)."""
+    from library.default_choice import obstacle, resolve
+    from library.methods import RANKING_METHODS
+
+    chosen = default_method(store)
+    if chosen == NAME:
+        return chosen, None
+    return resolve(chosen, lambda m: obstacle(RANKING_METHODS.get(m), task_type, library))
 
 
 def validation_table(validation: Mapping[str, Any]) -> list[dict[str, Any]]:

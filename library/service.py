@@ -109,11 +109,21 @@ class LibraryService:
         on_progress: ProgressFn = no_progress,
         on_stage: Callable[[str], None] | None = None,
     ) -> Ranking:
-        """Rank the library's sources for `dataset` by `method` (None: `default_method`)."""
-        method = method or self.default_method()
-        return rank_target(dataset, self.library, self.encoder, method, top_k, all_class, on_progress,
-                           self.token_budget, cache=self.cache, on_stage=on_stage,
-                           checkpoint_dirs=self.checkpoint_dirs, evidence=self.evidence)
+        """Rank the library's sources for `dataset` by `method` (None: the default for this target,
+        `library.ranker.default_for`, whose note, if any, joins the ranking's notes)."""
+        note = None
+        if method is None:
+            from library.ranker import default_for
+            from library.ranker_store import RankerStore
+
+            method, note = default_for(RankerStore.for_engine(self.store.engine), dataset.task_type.value,
+                                       self.store)
+        ranking = rank_target(dataset, self.library, self.encoder, method, top_k, all_class, on_progress,
+                              self.token_budget, cache=self.cache, on_stage=on_stage,
+                              checkpoint_dirs=self.checkpoint_dirs, evidence=self.evidence)
+        if note:
+            ranking.notes.insert(0, note)
+        return ranking
 
     def default_method(self) -> str:
         """`learned` once its active version validated as the default may be (`library.ranker.criteria`),

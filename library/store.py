@@ -563,6 +563,11 @@ class LibraryStore:
                               info=dict(row.info or {}))
                     for row, name in session.execute(query).all()]
 
+    def has_maps(self, kind: str) -> bool:
+        """Whether any source has a map of `kind` (one indexed lookup: no weights are read)."""
+        with self._sessions() as session:
+            return session.execute(select(SourceMapRow.id).where(SourceMapRow.kind == kind).limit(1)).first() is not None
+
     # -- build log -----------------------------------------------------------------------------
 
     def record_build(self, info: dict[str, Any]) -> int:

@@ -90,6 +90,7 @@ class RankPayload(BaseModel):
     top_k: int = Field(ge=1)
     all_class: bool = False
     ranking_id: str | None = None
+    default_note: str | None = None  # why a request without a method got this one (`library.ranker.default_for`)
 
 
 class AddSourcePayload(BaseModel):

@@ -98,6 +98,8 @@ def run_rank(job_id: str, store: JobStore, service: LibraryService, settings: Se
             progress.stage = name
 
         result = service.rank(dataset, payload.method, payload.top_k, payload.all_class, progress, on_stage=stage)
+        if payload.default_note:
+            result.notes.insert(0, payload.default_note)
         answer = result.to_dict()
         if result.info.get("fallback") and (fit := _maybe_first_fit(store, settings)) is not None:
             answer["info"]["first_fit_job"] = fit

@@ -15,7 +15,7 @@ from app.deps import JobsDep, Reader, Services, SettingsDep, get_services, visib
 from app.routes.jobs import WriterInline, server_timing, store_read
 from app.schemas import Problem, RankingCreate, RankingPublic
 from library.jobs import Job, JobState, StoredDataset, StoredRanking
-from library.ranker import default_method
+from library.ranker import default_for
 from library.ranker_store import RankerStore
 from worker.job_kinds import JOB_KINDS
 from worker.payloads import RankPayload
@@ -70,6 +70,7 @@ class _Lookup:
     key: str
     existing: StoredRanking | None
     existing_job: Job | None
+    default_note: str | None = None  # why a request without a method got the one it did
 
 
 def _lookup(services: Services, owner: str | None, body: RankingCreate) -> _Lookup:
@@ -95,9 +96,13 @@ def _answer(services: Services, owner: str | None, found: _Lookup) -> tuple[Rank
 def _stored_answer(services: Services, owner: str | None,
                    body: RankingCreate) -> tuple[_Lookup, tuple[RankingPublic, int] | None]:
     """The hot path: reads only. The lookup goes on to `_create` when there is no answer."""
-    if body.method is None:  # the service's default, as it stands now (the key records the method resolved)
-        body.method = default_method(RankerStore.for_engine(services.jobs.engine))
+    note = None
+    if body.method is None:  # the service's default for this target, as it stands now (the key records the method)
+        dataset = visible_dataset(services.jobs, services.settings, owner, body.dataset_id)
+        body.method, note = default_for(RankerStore.for_engine(services.jobs.engine), dataset.task_type,
+                                        services.library.store)
     found = _lookup(services, owner, body)
+    found.default_note = note
     return found, _answer(services, owner, found)
 
 
@@ -110,7 +115,8 @@ def _create(services: Services, owner: str | None, body: RankingCreate,
             and found.existing_job.state in (JobState.FAILED, JobState.CANCELLED):
         jobs.forget_ranking(found.existing.id)  # a failed attempt is not an answer: try again
     kind = JOB_KINDS["rank"]
-    payload = RankPayload(method=body.method, top_k=body.top_k, all_class=body.all_class)
+    payload = RankPayload(method=body.method, top_k=body.top_k, all_class=body.all_class,
+                          default_note=found.default_note)
     job = jobs.create_job(kind.name, params=payload.model_dump(), dataset_id=dataset.id, queue=kind.queue, owner=owner)
     ranking, created = jobs.add_ranking(request_key=key, dataset_id=dataset.id, job_id=job.id, method=body.method,
                                         top_k=body.top_k, all_class=body.all_class, owner=owner)

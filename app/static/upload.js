@@ -392,9 +392,11 @@
       .then(function () { return upload(true); })
       .then(function (dataset) {
         if (!dataset) return null;
-        var method = form.querySelector("input[name=method]:checked").value;
+        var picked = form.querySelector("input[name=method]:checked");
         say("Starting the ranking…");
-        var request = { dataset_id: dataset.id, method: method, top_k: topK, all_class: $("all-class").checked };
+        var request = { dataset_id: dataset.id, top_k: topK, all_class: $("all-class").checked };
+        // the default is left to the server: it ranks with the incumbent where the default cannot rank the target
+        if (!picked.dataset.default) request.method = picked.value;
         var hdrs = headers();
         hdrs["Content-Type"] = "application/json";
         return fetch("/rankings", { method: "POST", headers: hdrs, body: JSON.stringify(request) })

@@ -148,6 +148,8 @@ class RankingMethod:
     # figures are its own leave-one-target-out validation (`taskrank ranker fit`)
     ranks_all: bool = False  # ranks every library source (ctx.eligible: all but the target); the task-type
     # filter applies to its output, so its features do not depend on the filter
+    needs_maps: tuple[str, ...] = ()  # kinds of per-source map it reads (`library.store.source_maps`, e.g. esm)
+    needs_checkpoints: bool = False  # every source's fine-tuned checkpoint (or recorded evidence): not offline
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

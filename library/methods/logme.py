@@ -149,11 +149,11 @@ ESM_LOGME = RankingMethod(
     description="how well the target's labels are explained after each source's fine-tuning, "
                 "approximated by the source's embedding space map (Schulte et al. 2024)",
     needs=(), rank=_rank_esm_logme, explain=_explain, score_label="LogME evidence", map_basis="semb",
-    needs_rows=True)
+    needs_rows=True, needs_maps=(ESM_KIND,))
 
 LOGME = RankingMethod(
     name="logme", label="LogME",
     description="how well the target's labels are explained by each fine-tuned source encoder's features "
                 "(You et al. 2021; one forward pass per source)",
     needs=(), rank=_rank_logme, explain=_explain, score_label="LogME evidence", map_basis="semb",
-    needs_rows=True)
+    needs_rows=True, needs_maps=(ESM_KIND,), needs_checkpoints=True)

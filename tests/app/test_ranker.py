@@ -18,7 +18,7 @@ from app.main import create_app
 from embeddings.data import load_dataset
 from embeddings.transfer import SOURCE_MAX_ROWS, SOURCE_REGIME
 from library.errors import LibraryError
-from library.methods import RANKING_METHODS
+from library.methods import DEFAULT_METHOD, RANKING_METHODS
 from library.ranker import fit_ranker, library_model_hash, service_regime
 from library.ranker_store import RankerStore
 from library.service import LibraryService
@@ -113,7 +113,7 @@ def test_fit_validates_and_ranks_in_expected_gain(service, service_settings, tar
             assert methods["nested"]["per_target"].get(t) == methods[candidate]["per_target"].get(t)
         assert bars["judged_on"] == "nested" and bars["ndcg"] == pytest.approx(methods["nested"]["ndcg"])
         assert bars["may_be_default"] == (bars["beats_every_unlearned"] and bars["headline_targets"] >= 5)
-        assert service.default_method() == ("learned" if bars["may_be_default"] else "ensemble")
+        assert service.default_method() == ("learned" if bars["may_be_default"] else DEFAULT_METHOD)
         trained = report.version.trained_on
         assert trained["rows"] == 20 and trained["targets"] == 5 and trained["regime"] == service_regime(
             library_hash(service_settings)) and trained["user_results"] == 0
@@ -340,6 +340,6 @@ def test_learned_becomes_the_default_method_only_while_its_active_version_valida
             page = client.get("/").text
             assert page.index('value="learned"') < page.index('value="ensemble"')  # first, so checked
             rstore.activate(plain.id)  # a rollback to a version that is not the default
-            assert client.get("/ranker").json()["default_method"] == "ensemble"
+            assert client.get("/ranker").json()["default_method"] == DEFAULT_METHOD
             again = client.post("/rankings", json={"dataset_id": target["id"], "top_k": 3}).json()
             assert again["method"] == "ensemble"

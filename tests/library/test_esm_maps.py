@@ -188,3 +188,25 @@ def test_exact_logme_keeps_its_evidence_and_ranks_from_it_without_checkpoints(li
 
     with pytest.raises(LibraryError, match="exact LogME needs the sources' fine-tuned checkpoints"):
         rank_target(target, lib, tiny_encoder, "logme", checkpoint_dirs=[], evidence=EvidenceStore(None))
+
+
+def test_the_default_falls_back_to_the_incumbent_where_esm_logme_cannot_rank(library, tmp_path) -> None:
+    from library.default_choice import INCUMBENT, obstacle, resolve
+    from library.methods import RANKING_METHODS
+
+    store, _ = library
+    esm_logme = RANKING_METHODS.get("esm_logme")
+    assert obstacle(esm_logme, "classification", store) is None
+    assert obstacle(esm_logme, "sequence_labeling", store) is None
+    assert "question answering" in (obstacle(esm_logme, "question_answering", store) or "")
+    assert obstacle(RANKING_METHODS.get("ensemble"), "question_answering", store) is None
+    assert "taskemb_ft" in (obstacle(RANKING_METHODS.get("taskemb_ft"), "classification", store) or "")
+    with LibraryStore.from_data_dir(tmp_path / "no-maps") as bare:
+        assert "no esm maps" in (obstacle(esm_logme, "classification", bare) or "")
+
+    def blocked(task_type: str):
+        return lambda m: obstacle(RANKING_METHODS.get(m), task_type, store)
+
+    assert resolve("esm_logme", blocked("classification")) == ("esm_logme", None)
+    method, note = resolve("esm_logme", blocked("question_answering"))
+    assert method == INCUMBENT and note is not None and "esm_logme, cannot rank this target" in note
