@@ -295,4 +295,6 @@ class RankerPublic(BaseModel):
                                 "its active version beat every unlearned method on enough informative targets "
                                 "(criteria.may_be_default), else the unlearned method the shipped matrix chose by a fixed rule "
                                 "(library/default/default_method.json; the ensemble where it cannot rank the target).")
+    default_reason: str = Field("", description="Why the default is that method (the rule's figures, or the "
+                                                 "active learned version).")
     note: str | None = None

@@ -14,6 +14,16 @@ from library.ranker_store import RankerStore
 router = APIRouter(tags=["ranker"])
 
 
+def _default_reason(method: str) -> str:
+    """Why the default is what it is: the active learned version, or the shipped matrix's choice."""
+    from library.methods import DEFAULT_CHOICE
+
+    if method == "learned":
+        return "the active learned version beat every unlearned method on enough informative targets"
+    return (f"chosen from the shipped transfer matrix (library/default/default_method.json): {DEFAULT_CHOICE.reason}; "
+            "the ensemble ranks targets it cannot")
+
+
 def ranker_public(jobs: Any) -> RankerPublic:
     store = RankerStore.for_engine(jobs.engine)
     versions = store.versions()
@@ -26,6 +36,7 @@ def ranker_public(jobs: Any) -> RankerPublic:
         validation_table=validation_table(active.validation) if active is not None else [],
         criteria=(active.validation.get("criteria") or {}) if active is not None else {},
         features=FEATURES, transfer_results=store.count_results(), default_method=default_method(store),
+        default_reason=_default_reason(default_method(store)),
         note=None if active is not None else "no learned ranker is fitted yet: `taskrank ranker fit` (the `learned` "
                                              "method ranks by the ensemble until then)")
 

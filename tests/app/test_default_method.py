@@ -25,7 +25,8 @@ def test_a_request_without_a_method_falls_back_where_the_default_cannot_rank(ser
                                                                            esm_logme_default: str) -> None:
     csv_path = write_csv_slice(shared_data, "sst2", tmp_path / "sst2.csv", 30)
     with TestClient(create_app(service_settings)) as client:
-        assert client.get("/ranker").json()["default_method"] == esm_logme_default
+        ranker = client.get("/ranker").json()
+        assert ranker["default_method"] == esm_logme_default and "shipped transfer matrix" in ranker["default_reason"]
         dataset = client.post("/datasets", files={"file": ("sst2.csv", csv_path.read_bytes())}).json()
         submitted = client.post("/rankings", json={"dataset_id": dataset["id"], "top_k": 3})
         assert submitted.status_code == 202, submitted.text
