@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -158,9 +159,9 @@ def main() -> int:
     text = "\n".join(md) + "\n"
     out.with_suffix(".md").write_text(text)
     if args.readme:
-        write_choice(type(choice)(choice.method, choice.reason, choice.figures, choice.targets,
-                                  {"matrix": about["matrix"], "runs": about["runs"], "generated": about["generated"],
-                                   "machine": about["machine"], "library_version": evaluation.get("library_version")}))
+        write_choice(replace(choice, about={"matrix": about["matrix"], "runs": about["runs"],
+                                            "generated": about["generated"], "machine": about["machine"],
+                                            "library_version": evaluation.get("library_version")}))
         readme = _ROOT / "README.md"
         body = readme.read_text()
         if BEGIN not in body or END not in body:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,13 +91,12 @@ def shipped_choice(known: Iterable[str], path: Path = SHIPPED) -> DefaultChoice:
                          list(data.get("targets", [])), dict(data.get("about", {})))
 
 
-def resolve(chosen: str, can_rank: Callable[[str], str | None]) -> tuple[str, str | None]:
-    """(method, note): `chosen` when `can_rank(chosen)` finds nothing in the way, else the incumbent, with
-    a note saying why (shown with the ranking)."""
-    obstacle = can_rank(chosen) if chosen != INCUMBENT else None
-    if obstacle is None:
+def resolve(chosen: str, blocked_by: str | None) -> tuple[str, str | None]:
+    """(method, note): `chosen` when nothing blocks it (`obstacle` gave None), else the incumbent, with a
+    note saying why (shown with the ranking)."""
+    if blocked_by is None or chosen == INCUMBENT:
         return chosen, None
-    return INCUMBENT, f"ranked by the {INCUMBENT}: the default method, {chosen}, cannot rank this target ({obstacle})"
+    return INCUMBENT, f"ranked by the {INCUMBENT}: the default method, {chosen}, cannot rank this target ({blocked_by})"
 
 
 def obstacle(method: Any, task_type: str, store: Any) -> str | None:

@@ -963,7 +963,7 @@ def default_for(store: RankerStore, task_type: str, library: Any) -> tuple[str, 
     chosen = default_method(store)
     if chosen == NAME:
         return chosen, None
-    return resolve(chosen, lambda m: obstacle(RANKING_METHODS.get(m), task_type, library))
+    return resolve(chosen, obstacle(RANKING_METHODS.get(chosen), task_type, library))
 
 
 def validation_table(validation: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -73,9 +73,11 @@ class _Lookup:
     default_note: str | None = None  # why a request without a method got the one it did
 
 
-def _lookup(services: Services, owner: str | None, body: RankingCreate) -> _Lookup:
+def _lookup(services: Services, owner: str | None, body: RankingCreate,
+            dataset: StoredDataset | None = None) -> _Lookup:
+    """`dataset`: the request's dataset when the caller has just read it (saves reading it again)."""
     jobs, settings = services.jobs, services.settings
-    dataset = visible_dataset(jobs, settings, owner, body.dataset_id)
+    dataset = dataset or visible_dataset(jobs, settings, owner, body.dataset_id)
     ranker_version = RankerStore.for_engine(jobs.engine).active_id() if body.method == "learned" else None
     key = request_key(dataset.content_hash, settings.model, services.library.store.version(), body,
                       settings.similarity, ranker_version)
@@ -96,12 +98,12 @@ def _answer(services: Services, owner: str | None, found: _Lookup) -> tuple[Rank
 def _stored_answer(services: Services, owner: str | None,
                    body: RankingCreate) -> tuple[_Lookup, tuple[RankingPublic, int] | None]:
     """The hot path: reads only. The lookup goes on to `_create` when there is no answer."""
-    note = None
+    note, dataset = None, None
     if body.method is None:  # the service's default for this target, as it stands now (the key records the method)
         dataset = visible_dataset(services.jobs, services.settings, owner, body.dataset_id)
         body.method, note = default_for(RankerStore.for_engine(services.jobs.engine), dataset.task_type,
                                         services.library.store)
-    found = _lookup(services, owner, body)
+    found = _lookup(services, owner, body, dataset)
     found.default_note = note
     return found, _answer(services, owner, found)
 

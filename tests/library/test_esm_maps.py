@@ -204,8 +204,8 @@ def test_the_default_falls_back_to_the_incumbent_where_esm_logme_cannot_rank(lib
     with LibraryStore.from_data_dir(tmp_path / "no-maps") as bare:
         assert "no esm maps" in (obstacle(esm_logme, "classification", bare) or "")
 
-    def blocked(task_type: str):
-        return lambda m: obstacle(RANKING_METHODS.get(m), task_type, store)
+    def blocked(task_type: str) -> str | None:
+        return obstacle(esm_logme, task_type, store)
 
     assert resolve("esm_logme", blocked("classification")) == ("esm_logme", None)
     method, note = resolve("esm_logme", blocked("question_answering"))
