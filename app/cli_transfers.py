@@ -137,6 +137,13 @@ def cmd_library_transfers(args: argparse.Namespace, settings: Any) -> int:
             row[0] += " (yours)"
     echo(text_table(rows, INFO_HEADER, right=INFO_RIGHT))
     echo(f"rule: {view['rule']}")
+    cost = matrix["cost"]
+    runs, sources, devices = cost["target_runs"], cost["sources"], cost["totals"]["devices"]
+    if runs.get("timed"):
+        echo(f"cost: a target run {runs['median_s']:.1f} s (median, {runs['min_s']:.1f}-{runs['max_s']:.1f} s), "
+             f"{runs['total_s'] / 3600:.2f} CPU-hours for {runs['timed']} timed runs"
+             + (f"; {sources['trained']} source(s) trained in {sources['total_s'] / 3600:.2f} CPU-hours"
+                if sources["trained"] else "") + (f" ({', '.join(devices)})" if devices else ""))
     return 0
 
 

@@ -317,7 +317,8 @@ def build_view(matrix_runs: Sequence[dict[str, Any]], sidecar: Mapping[str, Any]
     return {
         "matrix": {"path": matrix_path, "present": present, "runs": len(matrix_runs),
                    "model": sidecar.get("model"), "target_regime": sidecar.get("target_regime"),
-                   "source_regime": sidecar.get("source_regime"), "problems": list(problems)},
+                   "source_regime": sidecar.get("source_regime"), "problems": list(problems),
+                   "cost": matrix_cost(matrix_runs, sidecar)},
         "rule": INFORMATIVE_RULE,
         "gain": "relative gain in % of the no-transfer baseline: (mean score - mean baseline) / mean baseline "
                 "x 100 over the cell's runs; seed sd: sample sd of the runs' own relative gains",
@@ -327,6 +328,50 @@ def build_view(matrix_runs: Sequence[dict[str, Any]], sidecar: Mapping[str, Any]
         "skipped_targets": skipped,
         "user_runs": len(user),
     }
+
+
+def matrix_cost(matrix_runs: Sequence[dict[str, Any]], sidecar: Mapping[str, Any]) -> dict[str, Any]:
+    """What the matrix cost to measure, from its rows and sidecar: seconds per target run (the rows'
+    `seconds`), each source's last recorded training, and every sitting that did work (a sitting retrains
+    the sources whose checkpoints it lacks, so its `source_s` counts retraining too)."""
+    seconds = sorted(float(r["seconds"]) for r in matrix_runs if r.get("seconds") is not None)
+    runs: dict[str, Any] = {"runs": len(matrix_runs), "timed": len(seconds)}
+    if seconds:
+        runs.update(total_s=round(sum(seconds), 1), median_s=round(float(np.median(seconds)), 1),
+                    min_s=seconds[0], max_s=seconds[-1])
+    trained = {name: float(v["seconds"]) for name, v in (sidecar.get("sources") or {}).items()
+               if isinstance(v, Mapping) and v.get("seconds") is not None}
+    sittings: list[dict[str, Any]] = [
+        {"started": s.get("started"), "phase": s.get("phase"), "device": s.get("device"), "workers": s.get("workers"),
+         "units": int(s.get("units") or 0), "wall_s": float(s.get("wall_s") or 0.0),
+         "source_s": float(s.get("source_s") or 0.0), "target_s": float(s.get("target_s") or 0.0)}
+        for s in sidecar.get("sessions") or [] if isinstance(s, Mapping) and s.get("units")]
+    return {
+        "target_runs": runs,
+        "sources": {"trained": len(trained), "total_s": round(sum(trained.values()), 1),
+                    "min_s": min(trained.values(), default=None), "max_s": max(trained.values(), default=None),
+                    "slowest": max(trained, key=lambda k: trained[k]) if trained else None},
+        "sittings": sittings,
+        "totals": {"sittings": len(sittings), "wall_s": round(sum(s["wall_s"] for s in sittings), 1),
+                   "source_s": round(sum(s["source_s"] for s in sittings), 1),
+                   "target_s": round(sum(s["target_s"] for s in sittings), 1),
+                   "devices": sorted({str(s["device"]) for s in sittings})},
+    }
+
+
+def matrix_coverage(matrix_runs: Sequence[dict[str, Any]], sources: Iterable[str],
+                    targets: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per target (measured ones, then `targets` not yet measured): the sources measured, the sources
+    still missing (every source but the target itself) and the seeds; what a resumed run has left."""
+    sources = sorted(set(sources))
+    by_target: dict[str, dict[str, set[Any]]] = {}
+    for r in matrix_runs:
+        by_target.setdefault(r["target"], {}).setdefault(r["source"], set()).add(r.get("seed"))
+    for t in targets:
+        by_target.setdefault(t, {})
+    return {t: {"sources": len(measured), "missing": [s for s in sources if s != t and s not in measured],
+                "seeds": sorted({seed for seeds in measured.values() for seed in seeds if seed is not None})}
+            for t, measured in by_target.items()}
 
 
 def load_view(path: Path | None = None, user: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:

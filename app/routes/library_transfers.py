@@ -95,6 +95,8 @@ class MatrixInfoPublic(BaseModel):
     target_regime: dict[str, Any] | None
     source_regime: dict[str, Any] | None
     problems: list[str] = Field(description="rows of the file left out (e.g. a half-written last line)")
+    cost: dict[str, Any] | None = Field(None, description="what measuring it cost: seconds per target run, each "
+                                        "source's training, the runner's sessions (library.transfers.matrix_cost)")
 
 
 class LibraryTransfersPublic(BaseModel):

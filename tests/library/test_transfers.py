@@ -30,6 +30,8 @@ from library.transfers import (
     build_view,
     cluster_order,
     load_view,
+    matrix_cost,
+    matrix_coverage,
     read_matrix_runs,
     select_cells,
     user_runs,
@@ -267,6 +269,30 @@ def test_view_marks_uninformative_targets() -> None:
     flags = {t["name"]: t["informative"] for t in view["targets"]}
     assert flags == {"INF": True, "NOISE": False}
     assert next(t for t in view["targets"] if t["name"] == "INF")["majority_score"] == 40.0
+
+
+def test_coverage_names_what_a_resumed_run_has_left() -> None:
+    runs = runs_of_dicts(ROWS)
+    coverage = matrix_coverage(runs, ["x", "y", "z", "INF"], ["INF", "LATER"])
+    assert coverage["INF"] == {"sources": 2, "missing": ["z"], "seeds": [13, 14]}  # a target is not its own source
+    assert coverage["NOISE"] == {"sources": 2, "missing": ["INF", "y"], "seeds": [13, 14]}
+    assert coverage["LATER"] == {"sources": 0, "missing": ["INF", "x", "y", "z"], "seeds": []}
+
+
+def test_cost_sums_timed_runs_trained_sources_and_working_sessions() -> None:
+    runs = [{**r, "seconds": s} for r, s in zip(runs_of_dicts(ROWS[:3]), (60.0, 100.0, 80.0), strict=True)]
+    runs.append({**runs_of_dicts(ROWS[3:4])[0], "seconds": None})  # an older row without timing
+    sidecar = {"sources": {"x": {"seconds": 300.0}, "y": {"seconds": 30.0}, "z": {}},
+               "sessions": [{"device": "cpu", "units": 3, "wall_s": 200.0, "source_s": 330.0, "target_s": 240.0},
+                            {"device": "cpu", "units": 0, "wall_s": 5.0},  # started and stopped: not a sitting's work
+                            {"device": "cuda:0 (H100)", "units": 1, "wall_s": 50.0, "target_s": 20.0}]}
+    cost = matrix_cost(runs, sidecar)
+    assert cost["target_runs"] == {"runs": 4, "timed": 3, "total_s": 240.0, "median_s": 80.0, "min_s": 60.0,
+                                   "max_s": 100.0}
+    assert cost["sources"] == {"trained": 2, "total_s": 330.0, "min_s": 30.0, "max_s": 300.0, "slowest": "x"}
+    assert cost["totals"] == {"sittings": 2, "wall_s": 250.0, "source_s": 330.0, "target_s": 260.0,
+                              "devices": ["cpu", "cuda:0 (H100)"]}
+    assert build_view(runs, sidecar)["matrix"]["cost"] == cost
 
 
 # -- a user's transfer jobs ---------------------------------------------------------------------------
