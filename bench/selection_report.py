@@ -77,6 +77,33 @@ def methods_table(evaluation: dict[str, Any], validation: dict[str, Any] | None)
     return lines
 
 
+def ranker_bars(validation: dict[str, Any] | None) -> list[str]:
+    """The learned ranker against the bars of `library.ranker.criteria`, in words (judged on its nested row)."""
+    c = (validation or {}).get("criteria") or {}
+    if not c:
+        return []
+    over = c["over"]
+
+    def bar(value: float | None, need: float, ok: bool, spec: str = "+.3f") -> str:
+        shown = "-" if value is None else format(value, spec)
+        return f"{shown} (bar {format(need, spec)}): {'reached' if ok else 'not reached'}"
+
+    worst = min(over, key=lambda m: over[m]) if over else None
+    top1, coverage = c.get("top1_helps"), c.get("coverage")
+    return ["", f"**The learned ranker against its bars** (its {c['judged_on']} row, {c['headline_targets']} "
+            f"informative targets): over DataSize {bar(over.get('datasize'), 0.10, c['datasize_margin_ok'])}; "
+            f"over the source prior {bar(over.get('source_prior'), 0.05, c['source_prior_margin_ok'])}; top-1 helps "
+            f"on {'-' if top1 is None else f'{top1:.0%}'} of them (bar 80%): "
+            f"{'reached' if c['top1_ok'] else 'not reached'}; its {c['nominal_coverage']:.0%} interval covers "
+            f"{'-' if coverage is None else f'{coverage:.0%}'} of the held-out gains. "
+            + ("It beats every unlearned method on enough targets, so an active version of it is the service's "
+               "default." if c["may_be_default"] else
+               f"It beats every unlearned method, but on fewer than {c['min_default_targets']} informative targets, "
+               "so it is not the service's default." if c["beats_every_unlearned"] else
+               f"It does not beat every unlearned method ({worst} by {-over[worst]:.3f} NDCG@5), so it is not the "
+               "service's default.")]
+
+
 def coverage_and_cost(runs: list[dict[str, Any]], sidecar: dict[str, Any]) -> list[str]:
     """How far the matrix got and what it cost, from its rows and sidecar (the closing notes quote these)."""
     from library.transfers import matrix_cost, matrix_coverage
@@ -166,7 +193,7 @@ def main() -> int:
           f"{about['targets']} targets, {about['sources']} sources; {about['generated']}).", "",
           "**Per target** (gains in points of the target's metric x 100, paired on the seed):", "",
           *per_target_table(evaluation), "", *coverage_and_cost(runs, sidecar), "", "**Methods** (leave-one-target-out for the learned ranker):", "",
-          *methods_table(evaluation, validation)]
+          *methods_table(evaluation, validation), *ranker_bars(validation)]
     if partial:
         md += ["", "Ranked with measured sources missing (counted as ranked last, so its figures are a floor): "
                + "; ".join(f"{m} (no {'checkpoint or recorded evidence' if m == 'logme' else 'vectors or map'} here for "
