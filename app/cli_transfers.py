@@ -98,7 +98,7 @@ def print_evaluation_report(result: Mapping[str, Any], out: Echo = echo) -> None
 
 def cmd_library_transfers(args: argparse.Namespace, settings: Any) -> int:
     """The matrix per target (clustered order): baseline, best source, gain, informative; yours included."""
-    from library.transfers import DEFAULT_MATRIX, gather_user_batches, load_view, user_runs
+    from library.transfers import DEFAULT_MATRIX, describe_cost, gather_user_batches, load_view, user_runs
 
     path = Path(args.matrix) if args.matrix else DEFAULT_MATRIX
     if args.matrix and not path.is_file():
@@ -137,13 +137,10 @@ def cmd_library_transfers(args: argparse.Namespace, settings: Any) -> int:
             row[0] += " (yours)"
     echo(text_table(rows, INFO_HEADER, right=INFO_RIGHT))
     echo(f"rule: {view['rule']}")
-    cost = matrix["cost"]
-    runs, sources, devices = cost["target_runs"], cost["sources"], cost["totals"]["devices"]
-    if runs.get("timed"):
-        echo(f"cost: a target run {runs['median_s']:.1f} s (median, {runs['min_s']:.1f}-{runs['max_s']:.1f} s), "
-             f"{runs['total_s'] / 3600:.2f} CPU-hours for {runs['timed']} timed runs"
-             + (f"; {sources['trained']} source(s) trained in {sources['total_s'] / 3600:.2f} CPU-hours"
-                if sources["trained"] else "") + (f" ({', '.join(devices)})" if devices else ""))
+    cost = describe_cost(matrix["cost"])
+    if cost:
+        devices = matrix["cost"]["totals"]["devices"]
+        echo(f"cost: {cost}" + (f" ({', '.join(devices)})" if devices else ""))
     return 0
 
 

@@ -106,7 +106,7 @@ def ranker_bars(validation: dict[str, Any] | None) -> list[str]:
 
 def coverage_and_cost(runs: list[dict[str, Any]], sidecar: dict[str, Any]) -> list[str]:
     """How far the matrix got and what it cost, from its rows and sidecar (the closing notes quote these)."""
-    from library.transfers import matrix_cost, matrix_coverage
+    from library.transfers import describe_cost, matrix_cost, matrix_coverage
 
     sources = sorted(sidecar.get("sources") or {r["source"] for r in runs})
     coverage = matrix_coverage(runs, sources, sidecar.get("targets") or {})
@@ -120,17 +120,13 @@ def coverage_and_cost(runs: list[dict[str, Any]], sidecar: dict[str, Any]) -> li
                        f"(missing {', '.join(c['missing'])})" for t, c in coverage.items() if t in partial)
              + (f"; not yet measured: {', '.join(waiting)}" if waiting else "") + "."]
     cost = matrix_cost(runs, sidecar)
-    r, src, tot = cost["target_runs"], cost["sources"], cost["totals"]
-    if r.get("timed"):
+    tot = cost["totals"]
+    if cost["target_runs"].get("timed"):
         lines += ["", f"**Cost** ({', '.join(tot['devices']) or 'device not recorded'}, one thread per run): "
-                  f"a target run took {r['median_s']:.0f} s (median; {r['min_s']:.0f}-{r['max_s']:.0f} s), "
-                  f"{r['total_s'] / 3600:.1f} CPU-hours for the {r['timed']} timed runs; each source's last training "
-                  f"{src['min_s']:.0f}-{src['max_s']:.0f} s ({src['slowest']} slowest), {src['total_s'] / 3600:.1f} "
-                  f"CPU-hours for {src['trained']} sources. Over {tot['sittings']} runner sessions (a sitting may hold "
-                  f"several): {tot['wall_s'] / 3600:.1f} h "
-                  f"of wall time, {tot['source_s'] / 3600:.1f} CPU-hours of source training (checkpoints are not "
-                  f"shipped, so a sitting retrains the sources it runs) and {tot['target_s'] / 3600:.1f} of target runs "
-                  "(baselines included)."]
+                  f"{describe_cost(cost)}. Over {tot['sittings']} runner sessions (a sitting may hold several): "
+                  f"{tot['wall_s'] / 3600:.1f} h of wall time, {tot['source_s'] / 3600:.1f} CPU-hours of source "
+                  "training (checkpoints are not shipped, so a sitting retrains the sources it runs) and "
+                  f"{tot['target_s'] / 3600:.1f} of target runs (baselines included)."]
     return lines
 
 

@@ -359,6 +359,20 @@ def matrix_cost(matrix_runs: Sequence[dict[str, Any]], sidecar: Mapping[str, Any
     }
 
 
+def describe_cost(cost: Mapping[str, Any]) -> str:
+    """`matrix_cost` in one sentence, the same wherever it is shown (CLI, page, README block); "" when no
+    run was timed."""
+    runs, sources = cost["target_runs"], cost["sources"]
+    if not runs.get("timed"):
+        return ""
+    text = (f"a target run took {runs['median_s']:.0f} s (median; {runs['min_s']:.0f}-{runs['max_s']:.0f} s), "
+            f"{runs['total_s'] / 3600:.1f} CPU-hours for {runs['timed']} timed runs")
+    if sources["trained"]:
+        text += (f"; each source's last training {sources['min_s']:.0f}-{sources['max_s']:.0f} s ({sources['slowest']} "
+                 f"slowest), {sources['total_s'] / 3600:.1f} CPU-hours for {sources['trained']} sources")
+    return text
+
+
 def matrix_coverage(matrix_runs: Sequence[dict[str, Any]], sources: Iterable[str],
                     targets: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """Per target (measured ones, then `targets` not yet measured): the sources measured, the sources

@@ -16,7 +16,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from app.deps import JobsDep, Reader, SettingsDep
-from library.transfers import DEFAULT_MATRIX, gather_user_batches, load_view, select_cells, user_runs
+from library.transfers import (
+    DEFAULT_MATRIX,
+    describe_cost,
+    gather_user_batches,
+    load_view,
+    select_cells,
+    user_runs,
+)
 
 router = APIRouter(tags=["library"])
 
@@ -179,6 +186,7 @@ def _page(request: Request, view: dict[str, Any], source: str | None, target: st
         "target": target, "selected": selected, "regime": regime, "model": model,
         "legend": [{"value": v, **heat(v, scale)} for v in (-scale, -scale / 2, 0.0, scale / 2, scale)],
         "informative": sum(1 for t in view["targets"] if t["informative"]),
+        "cost": describe_cost(view["matrix"]["cost"]),
         "user_targets": sum(1 for t in view["targets"] if t["origin"] == "user")})
 
 

@@ -185,7 +185,7 @@ def test_page_heatmap_cells_tooltips_links_and_marks(client, service_settings: S
     assert html.count('<td class="cell') == len(body["sources"]) * len(body["targets"])
     assert "p → reviews: mean +9.9%, seed sd" in html and "(yours)" in html
     assert "Left out (relative gain undefined)" in html and "ZERO" in html
-    assert '<span id="matrix-cost">a run took 12 s (median), 0.2 CPU-hours in all</span>' in html
+    assert '<span id="matrix-cost">a target run took 12 s (median; 9-12 s), 0.2 CPU-hours for 48 timed runs</span>' in html
     # the colour follows the gain: p on T1 is a gain (green), u on T1 a loss (red)
     assert heat(cell["mean_gain"], 1.0)["bg"] == "#1f9d6b" and heat(-3.0, 1.0)["bg"] == "#c8372d"
 
@@ -228,7 +228,7 @@ def test_cli_library_transfers_table(env, tmp_path: Path, capsys) -> None:  # no
     assert header[:3] == ["target", "metric", "baseline"] and header[-1] == "informative"
     rows = {line.split()[0]: line for line in lines[3:] if line and not line.startswith(("rule:", "cost:"))}
     # 40 runs of 12.5 s and 8 of 9 s (the `seconds` column): the median and the total in CPU-hours
-    assert "cost: a target run 12.5 s (median, 9.0-12.5 s), 0.16 CPU-hours for 48 timed runs" in out
+    assert "cost: a target run took 12 s (median; 9-12 s), 0.2 CPU-hours for 48 timed runs" in out
     assert set(rows) == {"T1", "T2", "T3", "T4", "NOISE", "reviews"}
     assert rows["NOISE"].rstrip().endswith("no") and rows["T1"].rstrip().endswith("yes")
     assert "(yours)" in rows["reviews"] and " p " in rows["reviews"]
