@@ -31,6 +31,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -238,6 +239,10 @@ def _in_phases(pool: Any, phases: list[list[tuple[str, str, str, int, float]]]) 
         yield from pool.imap(_run_unit, units)
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--phase", choices=("sources", "targets", "all", "pilot"), default="all")
@@ -331,47 +336,51 @@ def main() -> int:
     waiting: list[dict[str, Any]] = []  # transfers that finished before their baseline
     source_rows = {}
     ctx = mp.get_context("spawn")
-    with ctx.Pool(args.workers, initializer=_init,
-                  initargs=(str(data_dir), args.cache, asdict(regime), args.threads), maxtasksperchild=40) as pool:
-        # sources first, all of them, so no target run waits for (or trains twice) a source checkpoint
-        for i, result in enumerate(_in_phases(pool, [source_units, units]), 1):
-            session["units"] += 1
-            if result["kind"] == "source":
-                if result["cached"] and result["source"] in sidecar["sources"]:
-                    continue  # the record of the run that trained it stays
-                session["source_s"] += result["wall_s"]
-                sidecar["sources"][result["source"]] = {k: v for k, v in result.items() if k not in ("kind", "options")}
-                print(json.dumps({"i": i, "of": len(source_units) + len(units), **sidecar["sources"][result["source"]]}),
-                      file=sys.stderr, flush=True)
-                save()
-                continue
-            session["target_s"] += result["seconds"]
-            history = result.pop("history")
-            row = {**result, "git_rev": session["git_rev"]}
-            if args.phase == "pilot":
-                best = max(h[result["metric"]] for h in history)
-                append_row(pilot_path, BASELINE_COLUMNS + ["epochs", "final_score"],
-                           {**row, "final_score": round(history[-1][result["metric"]], 4), "score": round(best, 4)})
-            elif not result["source"]:
-                append_row(baselines_path, BASELINE_COLUMNS, row)
-                baselines[(result["target"], result["seed"])] = row
-            else:
-                waiting.append(row)
-            for pending in list(waiting):
-                base = baselines.get((pending["target"], int(pending["seed"])))
-                if base is None:
+    # a stopped runner (Ctrl-C, or `kill` of this process) still writes its session's times and units
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        with ctx.Pool(args.workers, initializer=_init,
+                      initargs=(str(data_dir), args.cache, asdict(regime), args.threads), maxtasksperchild=40) as pool:
+            # sources first, all of them, so no target run waits for (or trains twice) a source checkpoint
+            for i, result in enumerate(_in_phases(pool, [source_units, units]), 1):
+                session["units"] += 1
+                if result["kind"] == "source":
+                    if result["cached"] and result["source"] in sidecar["sources"]:
+                        continue  # the record of the run that trained it stays
+                    session["source_s"] += result["wall_s"]
+                    sidecar["sources"][result["source"]] = {k: v for k, v in result.items() if k not in ("kind", "options")}
+                    print(json.dumps({"i": i, "of": len(source_units) + len(units), **sidecar["sources"][result["source"]]}),
+                          file=sys.stderr, flush=True)
+                    save()
                     continue
-                if pending["source"] not in source_rows:
-                    info = sidecar["sources"].get(pending["source"], {})
-                    source_rows[pending["source"]] = info.get("rows", "")
-                append_row(out, COLUMNS, {**pending, "baseline_score": base["score"],
-                                          "source_rows": source_rows[pending["source"]]})
-                waiting.remove(pending)
-            print(json.dumps({"i": i, "of": len(source_units) + len(units), **row}), file=sys.stderr, flush=True)
-            if i % 10 == 0:
-                save()
-    session["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    save()
+                session["target_s"] += result["seconds"]
+                history = result.pop("history")
+                row = {**result, "git_rev": session["git_rev"]}
+                if args.phase == "pilot":
+                    best = max(h[result["metric"]] for h in history)
+                    append_row(pilot_path, BASELINE_COLUMNS + ["epochs", "final_score"],
+                               {**row, "final_score": round(history[-1][result["metric"]], 4), "score": round(best, 4)})
+                elif not result["source"]:
+                    append_row(baselines_path, BASELINE_COLUMNS, row)
+                    baselines[(result["target"], result["seed"])] = row
+                else:
+                    waiting.append(row)
+                for pending in list(waiting):
+                    base = baselines.get((pending["target"], int(pending["seed"])))
+                    if base is None:
+                        continue
+                    if pending["source"] not in source_rows:
+                        info = sidecar["sources"].get(pending["source"], {})
+                        source_rows[pending["source"]] = info.get("rows", "")
+                    append_row(out, COLUMNS, {**pending, "baseline_score": base["score"],
+                                              "source_rows": source_rows[pending["source"]]})
+                    waiting.remove(pending)
+                print(json.dumps({"i": i, "of": len(source_units) + len(units), **row}), file=sys.stderr, flush=True)
+                if i % 10 == 0:
+                    save()
+        session["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    finally:
+        save()
     return 0
 
 
