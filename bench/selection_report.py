@@ -50,8 +50,18 @@ def per_target_table(evaluation: dict[str, Any]) -> list[str]:
             f"| {target} | {v['metric']} | {_f(v['baseline_mean'], '.1f')} ± {_f(v['baseline_sd'], '.1f')} "
             f"| {_f(v['majority_score'], '.1f')} | {_f(v['seed_sd'], '.2f')} | {v['best_source']} "
             f"| {v['best_gain_points']:+.1f} | {'-' if ci is None else f'{ci[0]:+.1f}..{ci[1]:+.1f}'} "
-            f"| {v['sources']} x {v['seeds']} | {'yes' if v['informative'] else 'no'} |")
+            f"| {v['sources']} x {v['seeds']} | {_verdict(v)} |")
     return lines
+
+
+def _verdict(v: dict[str, Any]) -> str:
+    """yes / no; with a later seed added, the verdict on the first two seeds beside it."""
+    verdict = "yes" if v["informative"] else "no"
+    two = v.get("first_two_seeds")
+    if two:
+        verdict += (f" (seeds {two['seeds'][0]}, {two['seeds'][1]} alone: {'yes' if two['informative'] else 'no'}, "
+                    f"{two['best_source']} {two['best_gain_points']:+.1f} against {_f(two['threshold_points'], '.1f')})")
+    return verdict
 
 
 def methods_table(evaluation: dict[str, Any], validation: dict[str, Any] | None) -> list[str]:

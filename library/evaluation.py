@@ -404,7 +404,19 @@ def _target_informativeness(runs: Sequence[Run], majority: float | None) -> dict
         else None,
         "best_runs": len(diffs),
         "informative": None if pooled is None else bool(means[best] > 2 * pooled),
+        "first_two_seeds": _first_two_seeds(runs, majority),
     }
+
+
+def _first_two_seeds(runs: Sequence[Run], majority: float | None) -> dict[str, Any] | None:
+    """The verdict on the target's two lowest seeds alone, kept beside the one over every seed when a
+    later seed was added (so adding seeds can be seen to change a verdict, either way); None otherwise."""
+    seeds = sorted({r.seed for r in runs if r.seed is not None})
+    if len(seeds) <= 2:
+        return None
+    first = _target_informativeness([r for r in runs if r.seed in seeds[:2]], majority)
+    return {"seeds": seeds[:2]} | {k: first[k] for k in ("seed_sd", "threshold_points", "best_source",
+                                                          "best_gain_points", "informative")}
 
 
 def informativeness(
@@ -426,7 +438,10 @@ def informativeness(
       per-seed differences (None with one run);
     * `informative`: best gain (points) > 2 x seed_sd, i.e. some source's mean gain exceeds twice the
       pooled seed sd (a gain, not a loss: a source that only hurts makes no target informative);
-      None (undetermined) when seed_sd is None.
+      None (undetermined) when seed_sd is None;
+    * `first_two_seeds`: when the target has more than two seeds, the same verdict (`informative`,
+      `best_source`, `best_gain_points`, `seed_sd`, `threshold_points`) on its two lowest seeds alone;
+      None otherwise.
     """
     by_target: dict[str, list[Run]] = {}
     for r in runs:

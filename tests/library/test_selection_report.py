@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.selection_report import coverage_and_cost, ranker_bars
+from bench.selection_report import coverage_and_cost, per_target_table, ranker_bars
 
 
 def _validation(**over: Any) -> dict[str, Any]:
@@ -45,3 +45,13 @@ def test_coverage_and_cost_from_rows_and_sidecar() -> None:
     assert "b has 1 of 2 sources (missing c)" in coverage and coverage.endswith("not yet measured: c.")
     assert "a target run took 70 s (median; 70-70 s)" in cost and "(c slowest), 0.2 CPU-hours for 3 sources" in cost
     assert "Over 1 runner sessions" in cost and "1.0 h of wall time" in cost
+
+
+def test_per_target_table_shows_the_two_seed_verdict_once_a_third_seed_is_in() -> None:
+    from library.evaluation import Run, informativeness
+
+    runs = [Run("x", "T", seed, score, base, "accuracy") for seed, score, base in ((13, 55.0, 50.0), (14, 57.0, 52.0))]
+    two_seeds = {"informativeness": informativeness(runs)}
+    assert per_target_table(two_seeds)[-1].endswith("| 1 x 2 | yes |")
+    three = {"informativeness": informativeness(runs + [Run("x", "T", 15, 50.0, 50.0, "accuracy")])}
+    assert per_target_table(three)[-1].endswith("| 1 x 3 | no (seeds 13, 14 alone: yes, x +5.0 against 2.8) |")

@@ -93,6 +93,23 @@ def test_one_seed_leaves_informativeness_undetermined() -> None:
     assert info["T"]["best_gain_ci95"] is None and info["T"]["best_gain_points"] == pytest.approx(20.0)
 
 
+# Target T with a third seed: baselines 50, 52, 50; x scores 55, 57, 50 (paired diffs 5, 5, 0).
+#   seeds 13, 14 alone: pooled sd sqrt((2 + 2) / 2) = 1.414, bar 2.83 < gain 5: informative
+#   all three: baseline SS 2.667, x SS 26, df 4 -> sd sqrt(7.1667) = 2.677, bar 5.354 > gain 3.333: not
+THIRD_SEED = [("x", "T", 13, 55.0, 50.0, None), ("x", "T", 14, 57.0, 52.0, None), ("x", "T", 15, 50.0, 50.0, None)]
+
+
+def test_a_third_seed_keeps_the_two_seed_verdict_beside_its_own() -> None:
+    t = informativeness(runs_of(THIRD_SEED))["T"]
+    assert t["seeds"] == 3 and t["informative"] is False
+    assert t["seed_sd"] == pytest.approx(math.sqrt(28.6667 / 4), abs=1e-4)
+    assert t["best_gain_points"] == pytest.approx(10 / 3)
+    two = t["first_two_seeds"]
+    assert two["seeds"] == [13, 14] and two["informative"] is True and two["best_source"] == "x"
+    assert two["best_gain_points"] == pytest.approx(5.0) and two["threshold_points"] == pytest.approx(2 * math.sqrt(2))
+    assert informativeness(runs_of(ROWS))["INF"]["first_two_seeds"] is None
+
+
 def test_t_quantiles() -> None:
     assert t975(1) == pytest.approx(12.7062, abs=1e-4) and t975(10) == pytest.approx(2.2281, abs=1e-4)
     assert t975(60) == pytest.approx(2.0003, abs=3e-4) and t975(1000) == pytest.approx(1.9623, abs=3e-4)
