@@ -1,0 +1,35 @@
+"""The transfer-matrix runner refuses a machine on which its bf16 regime would be emulated (14x slower
+measured), and the probe it asks agrees with the CPU's flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.transfer_matrix import TargetRegime, precision_problem
+from embeddings.encoders import cpu_has_native_bf16
+
+
+def test_bf16_regime_is_refused_on_a_cpu_without_native_bf16() -> None:
+    problem = precision_problem(TargetRegime(), "cpu", native_bf16=False)
+    assert problem is not None and "no native bf16" in problem and "--precision fp32" in problem
+
+
+@pytest.mark.parametrize(("precision", "device", "native"), [("bf16", "cpu", True), ("bf16", "cuda", False),
+                                                             ("fp32", "cpu", False)])
+def test_runs_where_the_regime_is_native_or_not_bf16(precision: str, device: str, native: bool) -> None:
+    assert precision_problem(TargetRegime(precision=precision), device, native_bf16=native) is None
+
+
+def test_native_bf16_probe_agrees_with_the_cpu_flags() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to compare the probe with")
+    flags = cpuinfo.read_text().split()
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        assert cpu_has_native_bf16() is True
+    elif "avx512bw" not in flags:  # AVX2 at most, as on the machine where the 14x was measured
+        assert cpu_has_native_bf16() is False
+    else:
+        pytest.skip("AVX-512 without BF16: oneDNN's own choice, nothing in the flags to compare it with")
