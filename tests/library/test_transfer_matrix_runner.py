@@ -33,3 +33,20 @@ def test_native_bf16_probe_agrees_with_the_cpu_flags() -> None:
         assert cpu_has_native_bf16() is False
     else:
         pytest.skip("AVX-512 without BF16: oneDNN's own choice, nothing in the flags to compare it with")
+
+
+def test_precision_check_pairs_on_target_and_seed_and_applies_the_margin() -> None:
+    from bench.precision_check import compare
+
+    bf16 = [{"target": "a", "seed": "13", "score": "70"}, {"target": "a", "seed": "14", "score": "72"},
+            {"target": "b", "seed": "13", "score": "50"}, {"target": "b", "seed": "14", "score": "50"}]
+    # z: a13 +0.1, a14 -0.1, b13 +0.1, b14 0.0 (seed sd 2 and 1); c has no bf16 row, so it is left out
+    fp32 = [{"target": "a", "seed": "13", "score": "70.2"}, {"target": "a", "seed": "14", "score": "71.8"},
+            {"target": "b", "seed": "13", "score": "50.1"}, {"target": "b", "seed": "14", "score": "50"},
+            {"target": "c", "seed": "13", "score": "10"}]
+    close = compare(fp32, bf16, {"a": 2.0, "b": 1.0, "c": 1.0})
+    assert close["n"] == 4 and close["mean_z"] == pytest.approx(0.025) and close["interchangeable"] is True
+    # every fp32 baseline 1.5 seed sd higher: a systematic shift, outside the margin
+    shifted = [dict(r, score=str(float(r["score"]) + 1.5 * {"a": 2.0, "b": 1.0}[r["target"]])) for r in bf16]
+    far = compare(shifted, bf16, {"a": 2.0, "b": 1.0})
+    assert far["mean_z"] == pytest.approx(1.5) and far["interchangeable"] is False
