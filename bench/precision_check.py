@@ -81,7 +81,8 @@ def main() -> int:
     seed_sd = {t: v["seed_sd"] for t, v in informativeness(load_transfer_table(matrix).runs).items() if v["seed_sd"]}
     bf16_rows = read_rows(matrix.with_name(matrix.stem + "_baselines.csv"))
     result = compare(read_rows(Path(args.fp32)), bf16_rows, seed_sd)
-    result["about"] = {"fp32": args.fp32, "matrix": str(matrix), "machine": f"{platform.processor() or platform.machine()}, "
+    shown = str(matrix.relative_to(_ROOT)) if matrix.resolve().is_relative_to(_ROOT) else str(matrix)
+    result["about"] = {"fp32": args.fp32, "matrix": shown, "machine": f"{platform.processor() or platform.machine()}, "
                        f"{os.cpu_count()} CPUs", "generated": datetime.now(UTC).isoformat(timespec="minutes")}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "pairs"}, indent=1))

@@ -14,7 +14,9 @@ target), `all` (both), `pilot` (baselines alone at several step budgets, to choo
 Each run is one unit of work; `--workers` processes (one torch thread each on CPU) take units in
 order, and the parent appends one CSV row per finished unit, so a stopped run resumes where it was.
 On CUDA one worker runs with bf16 autocast and larger batches are left to the regime (unchanged, so
-GPU and CPU rows are comparable).
+GPU and CPU rows are comparable). A CPU without native bf16 (AVX2 only) trains in fp32 instead: emulated
+bf16 is 14x slower there, and fp32 measured interchangeable with bf16 on all 44 paired baselines
+(`bench/precision_check.py`); every row records its `precision`.
 
 Files (defaults): `library/default/transfer_matrix.csv` (one row per source x target x seed, the
 schema `taskrank evaluate` reads), `..._baselines.csv` (one row per target x seed) and the sidecar
@@ -49,9 +51,9 @@ DEFAULT_DATA = _ROOT.parent / "shared" / "data"
 DEFAULT_OUT = _ROOT / "library" / "default" / "transfer_matrix.csv"
 DEFAULT_CACHE = _ROOT / "var" / "checkpoints"  # = DataPaths("var").checkpoints: the service reuses them
 COLUMNS = ["source", "target", "seed", "score", "baseline_score", "metric", "source_rows", "target_rows",
-           "dev_rows", "steps", "best_step", "seconds", "git_rev"]
+           "dev_rows", "steps", "best_step", "seconds", "git_rev", "precision"]
 BASELINE_COLUMNS = ["target", "seed", "score", "metric", "target_rows", "dev_rows", "steps", "best_step",
-                    "seconds", "git_rev"]
+                    "seconds", "git_rev", "precision"]
 # Targets, in the order they are measured; fixed before any result was seen. copa (40 dev rows),
 # wnli (71, adversarial) and wic (128) have dev sets too small to separate sources from seed noise;
 # they stay sources. The sequence-labelling targets come after every text target, in the same regime
@@ -213,6 +215,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def append_row(path: Path, columns: list[str], row: dict[str, Any]) -> None:
     new = not path.is_file()
+    if not new:
+        with path.open(newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header != columns:  # appending under another header would shift every value of the row
+            raise SystemExit(f"{path}: its columns are {header}, this runner writes {columns}; "
+                             "use another --out or bring the file's header up to date first")
     with path.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         if new:
@@ -244,16 +252,15 @@ def _in_phases(pool: Any, phases: list[list[tuple[str, str, str, int, float]]]) 
         yield from pool.imap(_run_unit, units)
 
 
-def precision_problem(regime: TargetRegime, device_type: str, native_bf16: bool) -> str | None:
-    """Why this machine cannot run the matrix's regime as measured, or None. bf16 autocast on a CPU
-    without native bf16 is emulated: 14x slower (a 54-min source retrain becomes a day), so the runner
-    refuses it rather than spend a sitting on it; fp32 would be another regime, hence another matrix."""
-    if regime.precision != "bf16" or device_type != "cpu" or native_bf16:
-        return None
-    return ("this CPU has no native bf16 (no AVX512-BF16 or AMX-BF16; oneDNN reports none), and the matrix's "
-            "regime trains in bf16: emulated here, a training step is about 14x slower than fp32 (34.9 s against "
-            "2.5 s measured on an AVX2-only core). Run it on a CPU with native bf16 or on a GPU; `--precision fp32` "
-            "with another `--out` starts a separate matrix (the shipped one is measured in bf16)")
+def run_precision(regime: TargetRegime, device_type: str, native_bf16: bool) -> str:
+    """The precision this machine trains the regime in: the regime's own, except bf16 on a CPU without
+    native bf16, which trains in fp32. Emulated bf16 is 14x slower there (a 54-min source retrain becomes
+    a day), and fp32 measured interchangeable with bf16 in this regime (44 paired baselines, mean
+    |difference| 0.07 points: `bench/results/precision_fp32_vs_bf16.json`). Each row records the precision
+    it was trained in, and each source its own in the sidecar."""
+    if regime.precision == "bf16" and device_type == "cpu" and not native_bf16:
+        return "fp32"
+    return regime.precision
 
 
 def _stop(signum: int, frame: Any) -> None:
@@ -294,8 +301,7 @@ def main() -> int:
     from embeddings.transfer import SOURCE_DEV_MAX_ROWS, SOURCE_MAX_ROWS, SOURCE_REGIME
 
     encoder = load_encoder(regime.model)
-    if problem := precision_problem(regime, encoder.device.type, cpu_has_native_bf16()):
-        raise SystemExit(f"transfer_matrix: {problem}")
+    precision = run_precision(regime, encoder.device.type, cpu_has_native_bf16())
     sidecar: dict[str, Any] = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else {}
     source_regime = {"options": asdict(SOURCE_REGIME), "max_rows": SOURCE_MAX_ROWS,
                      "dev_max_rows": SOURCE_DEV_MAX_ROWS, "dev_split": "the source's own dev split"}
@@ -312,7 +318,7 @@ def main() -> int:
         device += f" ({torch.cuda.get_device_name(encoder.device)})"
     session: dict[str, Any] = {"phase": args.phase, "git_rev": git_revision(), "workers": args.workers,
                                "threads_per_worker": args.threads, "device": device, "cpus": os.cpu_count(),
-                               "native_bf16": cpu_has_native_bf16(),
+                               "native_bf16": cpu_has_native_bf16(), "precision": precision,
                                "python": platform.python_version(), "torch": torch.__version__,
                                "started": datetime.now(UTC).isoformat(timespec="seconds"),
                                "source_s": 0.0, "target_s": 0.0, "units": 0}
@@ -360,7 +366,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         with ctx.Pool(args.workers, initializer=_init,
-                      initargs=(str(data_dir), args.cache, asdict(regime), args.threads), maxtasksperchild=40) as pool:
+                      initargs=(str(data_dir), args.cache, asdict(replace(regime, precision=precision)), args.threads),
+                      maxtasksperchild=40) as pool:
             # sources first, all of them, so no target run waits for (or trains twice) a source checkpoint
             for i, result in enumerate(_in_phases(pool, [source_units, units]), 1):
                 session["units"] += 1
@@ -375,7 +382,7 @@ def main() -> int:
                     continue
                 session["target_s"] += result["seconds"]
                 history = result.pop("history")
-                row = {**result, "git_rev": session["git_rev"]}
+                row = {**result, "git_rev": session["git_rev"], "precision": precision}
                 if args.phase == "pilot":
                     best = max(h[result["metric"]] for h in history)
                     append_row(pilot_path, BASELINE_COLUMNS + ["epochs", "final_score"],

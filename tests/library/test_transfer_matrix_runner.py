@@ -1,5 +1,6 @@
-"""The transfer-matrix runner refuses a machine on which its bf16 regime would be emulated (14x slower
-measured), and the probe it asks agrees with the CPU's flags."""
+"""The transfer-matrix runner trains its bf16 regime in fp32 on a CPU without native bf16 (emulated bf16 is
+14x slower there; fp32 measured interchangeable), records each row's precision, never appends under
+another header; the bf16 probe agrees with the CPU's flags; the precision check's rule."""
 
 from __future__ import annotations
 
@@ -7,19 +8,37 @@ from pathlib import Path
 
 import pytest
 
-from bench.transfer_matrix import TargetRegime, precision_problem
+from bench.transfer_matrix import TargetRegime, append_row, read_rows, run_precision
 from embeddings.encoders import cpu_has_native_bf16
 
 
-def test_bf16_regime_is_refused_on_a_cpu_without_native_bf16() -> None:
-    problem = precision_problem(TargetRegime(), "cpu", native_bf16=False)
-    assert problem is not None and "no native bf16" in problem and "--precision fp32" in problem
+def test_a_cpu_without_native_bf16_trains_the_bf16_regime_in_fp32() -> None:
+    assert run_precision(TargetRegime(), "cpu", native_bf16=False) == "fp32"
 
 
 @pytest.mark.parametrize(("precision", "device", "native"), [("bf16", "cpu", True), ("bf16", "cuda", False),
-                                                             ("fp32", "cpu", False)])
-def test_runs_where_the_regime_is_native_or_not_bf16(precision: str, device: str, native: bool) -> None:
-    assert precision_problem(TargetRegime(precision=precision), device, native_bf16=native) is None
+                                                             ("fp32", "cpu", False), ("fp32", "cpu", True)])
+def test_the_regimes_own_precision_where_it_is_native_or_not_bf16(precision: str, device: str, native: bool) -> None:
+    assert run_precision(TargetRegime(precision=precision), device, native_bf16=native) == precision
+
+
+def test_append_row_refuses_a_file_with_other_columns(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    append_row(path, ["a", "b", "precision"], {"a": 1, "b": 2, "precision": "fp32"})
+    append_row(path, ["a", "b", "precision"], {"a": 3, "b": 4, "precision": "bf16"})
+    assert read_rows(path) == [{"a": "1", "b": "2", "precision": "fp32"}, {"a": "3", "b": "4", "precision": "bf16"}]
+    with pytest.raises(SystemExit, match="its columns are"):
+        append_row(path, ["a", "b"], {"a": 5, "b": 6})
+    assert len(read_rows(path)) == 2  # nothing written under the wrong header
+
+
+def test_the_shipped_matrix_records_each_rows_precision() -> None:
+    from bench.transfer_matrix import BASELINE_COLUMNS, COLUMNS, DEFAULT_OUT
+
+    for path, columns in ((DEFAULT_OUT, COLUMNS), (DEFAULT_OUT.with_name(DEFAULT_OUT.stem + "_baselines.csv"),
+                                                   BASELINE_COLUMNS)):
+        rows = read_rows(path)
+        assert rows and list(rows[0]) == columns and {r["precision"] for r in rows} <= {"bf16", "fp32"}
 
 
 def test_native_bf16_probe_agrees_with_the_cpu_flags() -> None:
