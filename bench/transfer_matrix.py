@@ -263,6 +263,21 @@ def run_precision(regime: TargetRegime, device_type: str, native_bf16: bool) -> 
     return regime.precision
 
 
+TIMING_FIELDS = ("seconds", "wall_s", "cached")
+
+
+def keep_source_record(sidecar: dict[str, Any], record: dict[str, Any]) -> None:
+    """A source's record in the sidecar is its last training; a retraining that came out otherwise (another
+    precision, another kept step) moves the record it replaces to `source_history`, so the rows measured
+    with the earlier checkpoint keep a description of it."""
+    name = record["source"]
+    old = sidecar["sources"].get(name)
+    if old is not None and {k: v for k, v in old.items() if k not in TIMING_FIELDS} != {
+            k: v for k, v in record.items() if k not in TIMING_FIELDS}:
+        sidecar.setdefault("source_history", {}).setdefault(name, []).append(old)
+    sidecar["sources"][name] = record
+
+
 def _stop(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -375,7 +390,8 @@ def main() -> int:
                     if result["cached"] and result["source"] in sidecar["sources"]:
                         continue  # the record of the run that trained it stays
                     session["source_s"] += result["wall_s"]
-                    sidecar["sources"][result["source"]] = {k: v for k, v in result.items() if k not in ("kind", "options")}
+                    record = {k: v for k, v in result.items() if k not in ("kind", "options")}
+                    keep_source_record(sidecar, record)
                     print(json.dumps({"i": i, "of": len(source_units) + len(units), **sidecar["sources"][result["source"]]}),
                           file=sys.stderr, flush=True)
                     save()

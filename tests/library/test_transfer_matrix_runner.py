@@ -69,3 +69,16 @@ def test_precision_check_pairs_on_target_and_seed_and_applies_the_margin() -> No
     shifted = [dict(r, score=str(float(r["score"]) + 1.5 * {"a": 2.0, "b": 1.0}[r["target"]])) for r in bf16]
     far = compare(shifted, bf16, {"a": 2.0, "b": 1.0})
     assert far["mean_z"] == pytest.approx(1.5) and far["interchangeable"] is False
+
+
+def test_a_retrained_source_that_came_out_otherwise_keeps_the_earlier_record() -> None:
+    from bench.transfer_matrix import keep_source_record
+
+    bf16 = {"source": "wic", "dev_score": 52.3, "best_step": 27, "precision": "bf16", "seconds": 25.5}
+    sidecar: dict = {"sources": {"wic": bf16}}
+    keep_source_record(sidecar, dict(bf16, seconds=30.1))  # the same training, only slower: no history
+    assert sidecar["sources"]["wic"]["seconds"] == 30.1 and "source_history" not in sidecar
+    fp32 = {"source": "wic", "dev_score": 52.3, "best_step": 18, "precision": "fp32", "seconds": 47.5}
+    keep_source_record(sidecar, fp32)
+    assert sidecar["sources"]["wic"] == fp32
+    assert sidecar["source_history"]["wic"] == [dict(bf16, seconds=30.1)]
