@@ -316,7 +316,8 @@ def main() -> int:
     from embeddings.transfer import SOURCE_DEV_MAX_ROWS, SOURCE_MAX_ROWS, SOURCE_REGIME
 
     encoder = load_encoder(regime.model)
-    precision = run_precision(regime, encoder.device.type, cpu_has_native_bf16())
+    native_bf16 = cpu_has_native_bf16()
+    precision = run_precision(regime, encoder.device.type, native_bf16)
     sidecar: dict[str, Any] = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else {}
     source_regime = {"options": asdict(SOURCE_REGIME), "max_rows": SOURCE_MAX_ROWS,
                      "dev_max_rows": SOURCE_DEV_MAX_ROWS, "dev_split": "the source's own dev split"}
@@ -333,7 +334,7 @@ def main() -> int:
         device += f" ({torch.cuda.get_device_name(encoder.device)})"
     session: dict[str, Any] = {"phase": args.phase, "git_rev": git_revision(), "workers": args.workers,
                                "threads_per_worker": args.threads, "device": device, "cpus": os.cpu_count(),
-                               "native_bf16": cpu_has_native_bf16(), "precision": precision,
+                               "native_bf16": native_bf16, "precision": precision,
                                "python": platform.python_version(), "torch": torch.__version__,
                                "started": datetime.now(UTC).isoformat(timespec="seconds"),
                                "source_s": 0.0, "target_s": 0.0, "units": 0}

@@ -97,8 +97,9 @@ class Encoder:
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN has a bf16 path on this CPU (AVX-512 and up; native with AVX512-BF16 or AMX-BF16).
 
-    Without one (an AVX2-only CPU), bf16 autocast on the CPU falls back to slow reference kernels: a MiniLM training step (batch 32 x 64 tokens,
-    one thread) took 34.9 s against 2.5 s in fp32 on an AVX2-only AMD EPYC core (measured 6 Dec 2026).
+    Without one (an AVX2-only CPU), bf16 autocast on the CPU falls back to slow reference kernels: a
+    MiniLM training step (batch 32 x 64 tokens, one thread) took 34.9 s against 2.5 s in fp32 on an
+    AVX2-only AMD EPYC core (measured 6 Dec 2026).
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
