@@ -121,13 +121,19 @@ def coverage_and_cost(runs: list[dict[str, Any]], sidecar: dict[str, Any]) -> li
     sources = sorted(sidecar.get("sources") or {r["source"] for r in runs})
     coverage = matrix_coverage(runs, sources, sidecar.get("targets") or {})
     seeds = max((len(c["seeds"]) for c in coverage.values()), default=0)
-    complete = sorted(t for t, c in coverage.items() if c["sources"] and not c["missing"] and len(c["seeds"]) == seeds)
+    complete = sorted(t for t, c in coverage.items()
+                      if c["sources"] and not c["missing"] and not c["short"] and len(c["seeds"]) == seeds)
     partial = sorted(t for t, c in coverage.items() if c["sources"] and t not in complete)
     waiting = [t for t, c in coverage.items() if not c["sources"]]
+
+    def short(c: dict[str, Any]) -> str:
+        return f"{', '.join(c['short'])} at fewer than {len(c['seeds'])} seeds; " if c["short"] else ""
+
     lines = [f"**Coverage** ({len(sources)} sources, {seeds} seeds): complete on {len(complete)} targets "
              f"({', '.join(complete) or 'none'})"
              + "".join(f"; {t} has {c['sources']} of {c['sources'] + len(c['missing'])} sources "
-                       f"(missing {', '.join(c['missing'])})" for t, c in coverage.items() if t in partial)
+                       f"({short(c)}missing {', '.join(c['missing']) or 'none'})"
+                       for t, c in coverage.items() if t in partial)
              + (f"; not yet measured: {', '.join(waiting)}" if waiting else "") + "."]
     cost = matrix_cost(runs, sidecar)
     tot = cost["totals"]

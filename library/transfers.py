@@ -376,16 +376,20 @@ def describe_cost(cost: Mapping[str, Any]) -> str:
 def matrix_coverage(matrix_runs: Sequence[dict[str, Any]], sources: Iterable[str],
                     targets: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """Per target (measured ones, then `targets` not yet measured): the sources measured, the sources
-    still missing (every source but the target itself) and the seeds; what a resumed run has left."""
+    still missing (every source but the target itself), the seeds, and the measured sources that lack one
+    of those seeds (`short`, a run stopped between seeds); what a resumed run has left."""
     sources = sorted(set(sources))
     by_target: dict[str, dict[str, set[Any]]] = {}
     for r in matrix_runs:
         by_target.setdefault(r["target"], {}).setdefault(r["source"], set()).add(r.get("seed"))
     for t in targets:
         by_target.setdefault(t, {})
-    return {t: {"sources": len(measured), "missing": [s for s in sources if s != t and s not in measured],
-                "seeds": sorted({seed for seeds in measured.values() for seed in seeds if seed is not None})}
-            for t, measured in by_target.items()}
+    coverage = {}
+    for t, measured in by_target.items():
+        seeds = sorted({seed for seeds in measured.values() for seed in seeds if seed is not None})
+        coverage[t] = {"sources": len(measured), "missing": [s for s in sources if s != t and s not in measured],
+                       "seeds": seeds, "short": sorted(s for s, got in measured.items() if not set(seeds) <= got)}
+    return coverage
 
 
 def load_view(path: Path | None = None, user: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:

@@ -291,9 +291,11 @@ def test_view_marks_uninformative_targets() -> None:
 def test_coverage_names_what_a_resumed_run_has_left() -> None:
     runs = runs_of_dicts(ROWS)
     coverage = matrix_coverage(runs, ["x", "y", "z", "INF"], ["INF", "LATER"])
-    assert coverage["INF"] == {"sources": 2, "missing": ["z"], "seeds": [13, 14]}  # a target is not its own source
-    assert coverage["NOISE"] == {"sources": 2, "missing": ["INF", "y"], "seeds": [13, 14]}
-    assert coverage["LATER"] == {"sources": 0, "missing": ["INF", "x", "y", "z"], "seeds": []}
+    assert coverage["INF"] == {"sources": 2, "missing": ["z"], "seeds": [13, 14], "short": []}  # not its own source
+    assert coverage["NOISE"] == {"sources": 2, "missing": ["INF", "y"], "seeds": [13, 14], "short": []}
+    assert coverage["LATER"] == {"sources": 0, "missing": ["INF", "x", "y", "z"], "seeds": [], "short": []}
+    stopped = matrix_coverage([r for r in runs if not (r["source"] == "y" and r["seed"] == 14)], ["x", "y"])
+    assert stopped["INF"]["short"] == ["y"] and stopped["INF"]["missing"] == []  # a run stopped between seeds
 
 
 def test_cost_sums_timed_runs_trained_sources_and_working_sessions() -> None:
