@@ -121,9 +121,14 @@ def coverage_and_cost(runs: list[dict[str, Any]], sidecar: dict[str, Any]) -> li
     sources = sorted(sidecar.get("sources") or {r["source"] for r in runs})
     coverage = matrix_coverage(runs, sources, sidecar.get("targets") or {})
     seeds = max((len(c["seeds"]) for c in coverage.values()), default=0)
-    complete = sorted(t for t, c in coverage.items()
-                      if c["sources"] and not c["missing"] and not c["short"] and len(c["seeds"]) == seeds)
-    partial = sorted(t for t, c in coverage.items() if c["sources"] and t not in complete)
+    measured = {t: c for t, c in coverage.items() if c["sources"]}
+    all_sources = {t for t, c in measured.items() if not c["missing"] and not c["short"]}
+    complete = sorted(t for t in all_sources if len(measured[t]["seeds"]) == seeds)
+    # every source, but at fewer seeds than the matrix's most (a later seed not yet run on them), by seed set
+    fewer: dict[tuple[Any, ...], list[str]] = {}
+    for t in all_sources - set(complete):
+        fewer.setdefault(tuple(measured[t]["seeds"]), []).append(t)
+    partial = [t for t in measured if t not in all_sources]
     waiting = [t for t, c in coverage.items() if not c["sources"]]
 
     def short(c: dict[str, Any]) -> str:
@@ -131,6 +136,8 @@ def coverage_and_cost(runs: list[dict[str, Any]], sidecar: dict[str, Any]) -> li
 
     lines = [f"**Coverage** ({len(sources)} sources, {seeds} seeds): complete on {len(complete)} targets "
              f"({', '.join(complete) or 'none'})"
+             + "".join(f"; every source at seeds {', '.join(map(str, got))} only on {len(ts)} targets "
+                       f"({', '.join(sorted(ts))})" for got, ts in sorted(fewer.items()))
              + "".join(f"; {t} has {c['sources']} of {c['sources'] + len(c['missing'])} sources "
                        f"({short(c)}missing {', '.join(c['missing']) or 'none'})"
                        for t, c in coverage.items() if t in partial)

@@ -47,6 +47,19 @@ def test_coverage_and_cost_from_rows_and_sidecar() -> None:
     assert "Over 1 runner sessions" in cost and "1.0 h of wall time" in cost
 
 
+def test_coverage_says_which_targets_wait_for_a_later_seed() -> None:
+    """A target with every source at seeds 13, 14 is not complete once another has seed 15, and is not
+    listed as missing sources either."""
+    runs = [{"source": s, "target": t, "seed": seed, "score": 60.0, "baseline_score": 50.0}
+            for t, s, seeds in (("a", "b", (13, 14, 15)), ("b", "a", (13, 14)), ("c", "a", (13, 14)), ("c", "b", (13,)))
+            for seed in seeds]
+    sidecar = {"sources": {"a": {}, "b": {}}, "targets": {"a": {}, "b": {}, "c": {}}}
+    coverage = coverage_and_cost(runs, sidecar)[0]
+    assert coverage.startswith("**Coverage** (2 sources, 3 seeds): complete on 1 targets (a); "
+                               "every source at seeds 13, 14 only on 1 targets (b); ")
+    assert coverage.endswith("c has 2 of 2 sources (b at fewer than 2 seeds; missing none).")
+
+
 def test_per_target_table_shows_the_two_seed_verdict_once_a_third_seed_is_in() -> None:
     from library.evaluation import Run, informativeness
 
